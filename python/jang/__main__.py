@@ -1,0 +1,5 @@
+import sys
+
+from jang.cli import main
+
+sys.exit(main())
