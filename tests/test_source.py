@@ -1,0 +1,259 @@
+"""Model sources: HF dirs / safetensors / GGUF presented in one HF layout."""
+
+import json
+import struct
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from jang import data
+from jang.source import (
+    GGUFSource,
+    SafetensorsSource,
+    SourceError,
+    _e4m3_table,
+    normalize_config,
+    open_source,
+)
+
+CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 1,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 100,
+    "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
+}
+
+
+def write_safetensors(path, tensors: dict[str, tuple[str, np.ndarray]]):
+    """Minimal writer (dtype tag, raw array) so tests control bf16/fp8 bytes exactly."""
+    header, blobs, offset = {}, [], 0
+    for name, (dtype, arr) in tensors.items():
+        raw = np.ascontiguousarray(arr).tobytes()
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def test_normalize_config_lifts_rope_theta():
+    assert normalize_config(CONFIG)["rope_theta"] == 500000.0
+    assert (
+        normalize_config({"rope_theta": 1.0, "rope_parameters": {"rope_theta": 2.0}})["rope_theta"]
+        == 1.0
+    )
+    nested = normalize_config({"text_config": dict(CONFIG)})
+    assert nested["text_config"]["rope_theta"] == 500000.0
+
+
+def test_hf_directory(tmp_path):
+    w = np.random.randn(8, 64).astype(np.float32)
+    b = np.random.randn(64).astype(np.float16)
+    write_safetensors(
+        tmp_path / "model.safetensors", {"a.weight": ("BF16", bf16_bits(w)), "n.weight": ("F16", b)}
+    )
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    src = open_source(tmp_path)
+    assert isinstance(src, SafetensorsSource)
+    assert src.config["rope_theta"] == 500000.0
+    infos = {i.name: i for i in src.tensors()}
+    assert infos["a.weight"].shape == (8, 64) and infos["a.weight"].dtype == "bfloat16"
+    a = src.read("a.weight")
+    assert a.dtype == mx.bfloat16
+    np.testing.assert_allclose(np.array(a.astype(mx.float32)), w, rtol=1e-2, atol=1e-2)
+    assert src.read("n.weight").dtype == mx.float16
+    with pytest.raises(SourceError, match="no tensor named 'zz'"):
+        src.read("zz")
+    with pytest.raises(SourceError, match="no tokenizer"):
+        src.write_tokenizer(tmp_path)
+
+
+def test_sharded_directory_and_missing_shard(tmp_path):
+    write_safetensors(
+        tmp_path / "model-00001-of-00002.safetensors", {"a": ("F32", np.ones((2, 2), np.float32))}
+    )
+    write_safetensors(
+        tmp_path / "model-00002-of-00002.safetensors", {"b": ("F32", np.zeros((3,), np.float32))}
+    )
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    index = {
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        }
+    }
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert sorted(i.name for i in open_source(tmp_path).tensors()) == ["a", "b"]
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(SourceError, match="missing: model-00002-of-00002"):
+        open_source(tmp_path)
+
+
+def test_corrupt_files(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(struct.pack("<Q", 10_000) + b"{}")
+    with pytest.raises(SourceError, match="header length"):
+        open_source(tmp_path)
+    bad.write_bytes(struct.pack("<Q", 5) + b"{oops")
+    with pytest.raises(SourceError, match="corrupt safetensors header"):
+        open_source(tmp_path)
+    header = json.dumps({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 64]}}).encode()
+    bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    with pytest.raises(SourceError, match="outside the file"):
+        open_source(tmp_path)
+    header = json.dumps({"t": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}).encode()
+    bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    with pytest.raises(SourceError, match="unsupported dtype C64"):
+        open_source(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(SourceError, match=r"no config\.json"):
+        open_source(bad)
+    with pytest.raises(SourceError, match="no such file"):
+        open_source(tmp_path / "nope")
+
+
+def test_e4m3_table():
+    table = _e4m3_table()
+    assert table[0x38] == 1.0 and table[0x40] == 2.0 and table[0xB8] == -1.0
+    assert table[0x7E] == 448.0 and table[0x01] == 2.0**-9
+    assert np.isnan(table[0x7F]) and np.isnan(table[0xFF])
+
+
+def test_fp8_block_scales(tmp_path):
+    codes = np.full((4, 6), 0x38, np.uint8)  # every weight 1.0 before scaling
+    scale_inv = np.array([[2.0, 3.0], [5.0, 7.0]], np.float32)  # 2x3 blocks... of 2 rows x 3 cols
+    write_safetensors(
+        tmp_path / "model.safetensors",
+        {"l.weight": ("F8_E4M3", codes), "l.weight_scale_inv": ("F32", scale_inv)},
+    )
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    src = open_source(tmp_path)
+    assert [i.name for i in src.tensors()] == ["l.weight"]
+    w = np.array(src.read("l.weight").astype(mx.float32))
+    expect = np.repeat(np.repeat(scale_inv, 2, axis=0), 3, axis=1)
+    np.testing.assert_array_equal(w, expect)
+
+
+def write_gguf(path, arch: str, tensors: dict[str, np.ndarray], heads=4, kv_heads=2):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(1)
+    writer.add_context_length(128)
+    writer.add_embedding_length(8)
+    writer.add_feed_forward_length(16)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(12345.0)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["a", "b", "c", "ab"])
+    writer.add_token_merges(["a b"])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    for name, arr in tensors.items():
+        writer.add_tensor(name, arr)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_llama_layout(tmp_path):
+    q_hf = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)  # 4 heads x head_dim 2
+    k_hf = np.arange(4 * 8, dtype=np.float32).reshape(4, 8) + 100  # 2 kv heads
+
+    def permute(w, n_head):  # what llama.cpp's converter does to Q/K
+        return (
+            w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(w.shape)
+        )
+
+    tensors = {
+        "token_embd.weight": np.random.randn(4, 8).astype(np.float32),
+        "blk.0.attn_q.weight": permute(q_hf, 4),
+        "blk.0.attn_k.weight": permute(k_hf, 2),
+        "blk.0.attn_norm.weight": np.ones(8, np.float32),
+        "blk.0.ffn_down.weight": np.random.randn(8, 16).astype(np.float16),
+        "output_norm.weight": np.ones(8, np.float32),
+    }
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, "llama", tensors)
+    src = open_source(path)
+    assert isinstance(src, GGUFSource)
+    cfg = src.config
+    assert cfg["model_type"] == "llama" and cfg["rope_theta"] == 12345.0
+    assert cfg["num_attention_heads"] == 4 and cfg["num_key_value_heads"] == 2
+    assert cfg["hidden_size"] == 8 and cfg["tie_word_embeddings"] is True and cfg["vocab_size"] == 4
+    names = {i.name: i for i in src.tensors()}
+    assert set(names) == {
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        "model.norm.weight",
+    }
+    assert names["model.layers.0.mlp.down_proj.weight"].shape == (8, 16)
+    np.testing.assert_array_equal(
+        np.array(src.read("model.layers.0.self_attn.q_proj.weight")), q_hf
+    )
+    np.testing.assert_array_equal(
+        np.array(src.read("model.layers.0.self_attn.k_proj.weight")), k_hf
+    )
+    out = tmp_path / "tok"
+    out.mkdir()
+    assert "tokenizer.json" in src.write_tokenizer(out)
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 1
+
+
+def test_gguf_gemma_norms_and_unknown_tensor(tmp_path):
+    path = tmp_path / "g.gguf"
+    write_gguf(
+        path, "gemma3", {"blk.0.attn_norm.weight": np.full(8, 1.5, np.float32)}, heads=4, kv_heads=1
+    )
+    src = open_source(path)
+    assert src.config["model_type"] == "gemma3_text"
+    np.testing.assert_allclose(np.array(src.read("model.layers.0.input_layernorm.weight")), 0.5)
+    write_gguf(path, "llama", {"blk.0.mystery.weight": np.ones(8, np.float32)})
+    with pytest.raises(
+        SourceError, match=r"no Hugging Face name for llama: blk\.0\.mystery\.weight"
+    ):
+        open_source(path)
+    write_gguf(path, "rwkv6", {"token_embd.weight": np.ones((4, 8), np.float32)})
+    with pytest.raises(SourceError, match="architecture 'rwkv6' is not supported"):
+        open_source(path)
+
+
+@pytest.mark.skipif(
+    data.path("smollm2") is None, reason="SmolLM2 not prepared: run `jang data smollm2`"
+)
+def test_real_smollm2_gguf():
+    src = open_source(data.path("smollm2"))
+    cfg = src.config
+    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"]) == (
+        30,
+        576,
+        9,
+    )
+    assert cfg["rope_theta"] == 100000.0 and cfg["tie_word_embeddings"] is True
+    assert len(src.tensors()) == 272
+    assert 134e6 < src.num_parameters < 136e6
+    emb = src.read("model.embed_tokens.weight")
+    assert emb.shape == (49152, 576) and emb.dtype == mx.float32
