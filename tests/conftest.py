@@ -7,9 +7,3 @@ import pytest
 def _seed():
     mx.random.seed(0)
     np.random.seed(0)
-
-
-def bits_of(a: mx.array) -> np.ndarray:
-    """Raw bit patterns of a float array, for bit-exact comparisons."""
-    view = {mx.float32: mx.uint32, mx.float16: mx.uint16, mx.bfloat16: mx.uint16}[a.dtype]
-    return np.array(a.view(view))

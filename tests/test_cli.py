@@ -3,8 +3,6 @@
 import subprocess
 import sys
 
-import pytest
-
 import jang
 from jang import cli, doctor
 
@@ -43,9 +41,13 @@ def test_doctor_flags_version_skew():
     assert any("built against mlx 0.0.1" in p for p in doctor.problems(info))
 
 
-@pytest.mark.parametrize("name", cli.planned())
-def test_planned_subcommands_say_so(name, capsys):
-    assert cli.main([name]) == 2
+def test_every_command_is_implemented():
+    assert cli.planned() == []
+
+
+def test_a_planned_command_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "future", "something later")
+    assert cli.main(["future"]) == 2
     assert "not implemented" in capsys.readouterr().err
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jang
-from conftest import bits_of
+from testutil import bits_of
 
 BITS = [2, 3, 4, 5, 6, 8]
 GROUPS = [32, 64, 128]

@@ -18,7 +18,7 @@ namespace affine {
 
 constexpr bool valid_bits(int bits) {
   return bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 ||
-      bits == 8;
+         bits == 8;
 }
 
 constexpr bool valid_group_size(int group_size) {
@@ -32,8 +32,7 @@ constexpr int gcd32(int bits) {
 // A pack is the shortest run of codes that ends on a word boundary:
 // 2-bit 16 codes/1 word, 3-bit 32/3, 4-bit 8/1, 5-bit 32/5, 6-bit 16/3,
 // 8-bit 4/1. Every supported group size is a whole number of packs.
-template <int BITS>
-struct Pack {
+template <int BITS> struct Pack {
   static constexpr int codes = 32 / gcd32(BITS);
   static constexpr int words = BITS / gcd32(BITS);
   static constexpr uint32_t mask = (1u << BITS) - 1u;
@@ -61,11 +60,59 @@ inline void unpack_pack(Words words, Out out) {
   }
 }
 
+// Where code T of a pack lives, as compile-time constants: it starts in word
+// `word` of the pack at bit `shift`; when `crosses`, its high bits are the low
+// bits of word `word + 1`. SIMD and Metal kernels extract codes with these
+// constants (shift, or, and) instead of computing positions at run time.
+template <int BITS, int T> struct Field {
+  static constexpr int bit = T * BITS;
+  static constexpr int word = bit >> 5;
+  static constexpr int shift = bit & 31;
+  static constexpr bool crosses = shift + BITS > 32;
+  // The mask is needed unless the code ends exactly at the top of its word.
+  static constexpr bool needs_mask = shift + BITS != 32;
+  // Codes inside one word, not at its top: kernels may read them in place as
+  // q << shift with a single AND (exact as a float: at most 8 significant
+  // bits, below 2^31) and multiply by an activation pre-scaled by 2^-shift.
+  static constexpr bool in_place = !crosses && needs_mask;
+};
+
+// The power of two (as a right shift) by which the matmul kernels pre-scale
+// the activation that meets code t of a pack: Field<BITS, t>::shift for codes
+// read in place, else 0.
+constexpr int activation_shift(int bits, int t) {
+  const int shift = (t * bits) & 31;
+  const bool crosses = shift + bits > 32;
+  const bool at_top = shift + bits == 32;
+  return (!crosses && !at_top) ? shift : 0;
+}
+
+// Code T of a pack from its words (scalar form of what the SIMD kernels do
+// per lane).
+template <int BITS, int T, typename Words>
+inline uint32_t field_of(Words words) {
+  using F = Field<BITS, T>;
+  uint32_t v = words[F::word] >> F::shift;
+  if (F::crosses) {
+    v |= words[F::word + 1] << (32 - F::shift);
+  }
+  return F::needs_mask ? (v & Pack<BITS>::mask) : v;
+}
+
+// One group's contribution to a dot product with dequantized weights:
+//   sum_k x[k] * (scale * q[k] + bias) = scale * sum_k x[k] q[k] + bias * sum_k
+//   x[k].
+// The matmul kernels accumulate `xq = sum x*q` per group (or per pack and
+// scale it) and add `bias * xsum` once per group from precomputed sums of x.
+inline float group_dot(float scale, float bias, float xq, float xsum) {
+  return scale * xq + bias * xsum;
+}
+
 // One dequantized value, rounded exactly as mx.dequantize rounds it: the
 // product is rounded to T before the bias is added (no fused multiply-add).
-template <typename T>
-inline T dequant_value(uint32_t q, T scale, T bias) {
-  const T prod = static_cast<T>(static_cast<float>(q) * static_cast<float>(scale));
+template <typename T> inline T dequant_value(uint32_t q, T scale, T bias) {
+  const T prod =
+      static_cast<T>(static_cast<float>(q) * static_cast<float>(scale));
   return static_cast<T>(static_cast<float>(prod) + static_cast<float>(bias));
 }
 

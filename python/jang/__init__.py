@@ -6,9 +6,16 @@ The compiled primitives live in ``jang._ext``; they load on first use so that
 
 from jang._version import __version__
 
-__all__ = ["__version__", "dequantize"]
+__all__ = [
+    "__version__",
+    "dequantize",
+    "gather_qmm",
+    "load",
+    "moe_gate_up",
+    "qmatmul",
+]
 
-_EXT_EXPORTS = {"dequantize"}
+_EXT_EXPORTS = {"dequantize", "qmatmul", "gather_qmm", "moe_gate_up"}
 
 
 def load_extension():
@@ -23,4 +30,8 @@ def load_extension():
 def __getattr__(name: str):
     if name in _EXT_EXPORTS:
         return getattr(load_extension(), name)
+    if name == "load":
+        from jang.runtime import load
+
+        return load
     raise AttributeError(f"module 'jang' has no attribute {name!r}")

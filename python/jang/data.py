@@ -184,6 +184,9 @@ TARGETS: dict[str, Target] = {
 }
 
 
+# targets that are models (usable as `jang convert SRC`)
+MODELS = ("smollm2", "gemma3")
+
 # -------------------------------------------------------------- manifest ----
 
 

@@ -10,6 +10,7 @@ layout (names, Q/K permutation, Gemma's +1 norms) and dequantized with the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import shutil
@@ -85,6 +86,14 @@ class ModelSource:
 
     def read(self, name: str):  # -> mx.array
         raise NotImplementedError
+
+    def raw_bytes(self, name: str) -> memoryview:
+        """The tensor's bytes exactly as stored in the source file."""
+        raise NotImplementedError
+
+    def checksum(self, name: str) -> str:
+        """sha256 of the tensor's stored bytes (identifies the source in manifests)."""
+        return hashlib.sha256(self.raw_bytes(name)).hexdigest()
 
     def iter_tensors(self) -> Iterator[tuple[TensorInfo, Any]]:
         for info in self.tensors():
@@ -224,6 +233,10 @@ class SafetensorsSource(ModelSource):
         if info.dtype == "float8_e4m3fn":
             return mx.array(self._dequantize_fp8(name, raw)).astype(mx.bfloat16)
         return mx.array(raw)
+
+    def raw_bytes(self, name: str) -> memoryview:
+        self.info(name)
+        return memoryview(np.ascontiguousarray(self._where[name].array(name)).reshape(-1)).cast("B")
 
     def _dequantize_fp8(self, name: str, raw: np.ndarray) -> np.ndarray:
         w = _e4m3_table()[raw]
@@ -420,6 +433,10 @@ class GGUFSource(ModelSource):
         w = w.reshape(info.shape)
         w = self._to_hf_layout(name, w)
         return mx.array(w)
+
+    def raw_bytes(self, name: str) -> memoryview:
+        self.info(name)
+        return memoryview(np.ascontiguousarray(self._by_hf[name].data).reshape(-1)).cast("B")
 
     def _to_hf_layout(self, name: str, w: np.ndarray) -> np.ndarray:
         if self.arch in ("llama", "mistral") and name.endswith(

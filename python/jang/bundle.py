@@ -1,0 +1,517 @@
+"""Bundles on disk: write them atomically, read their manifest, validate them.
+
+A bundle is a directory that stock ``mlx_lm.load`` opens:
+
+* ``model.safetensors`` (or ``model-0000i-of-0000N.safetensors`` + index): MLX
+  affine tensors ``{module}.weight`` (uint32 codes), ``.scales``, ``.biases``
+  and unquantized tensors. Every shard's data region starts on a page boundary
+  (the header is padded with spaces, as the format allows) and every tensor is
+  aligned to its element size with no gaps between tensors, so the files stay
+  standard safetensors while a mapping of the whole shard can be handed out as
+  zero-copy views (one no-copy buffer per shard on Metal).
+* ``config.json``: the source config plus mlx-lm's ``quantization`` dict, with an
+  explicit entry for every module (``false`` where left unquantized).
+* ``jang.json``: format version, plan summary, and a manifest entry per stored
+  tensor (bits, group size, shapes, dtype, shard, byte offset, sha256 of the
+  source tensor). Readers trust the manifest and check it against the shards.
+* tokenizer and generation files.
+
+Everything is written into a temporary directory next to the output and renamed
+at the end, so a failed or interrupted conversion leaves no partial bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "jang"
+FORMAT_VERSION = 1
+MANIFEST = "jang.json"
+PAGE = 4096
+HEADER_RESERVE = 64 * 1024
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+
+# safetensors dtype tag <-> (numpy dtype for raw bytes, element size)
+ST_DTYPES = {
+    "F32": (np.float32, 4),
+    "F16": (np.float16, 2),
+    "BF16": (np.uint16, 2),
+    "U32": (np.uint32, 4),
+    "I32": (np.int32, 4),
+    "U8": (np.uint8, 1),
+    "I64": (np.int64, 8),
+    "BOOL": (np.bool_, 1),
+}
+_MX_TO_ST = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "uint32": "U32",
+    "int32": "I32",
+    "uint8": "U8",
+    "int64": "I64",
+    "bool": "BOOL",
+}
+
+
+class BundleError(ValueError):
+    """A bundle cannot be written or does not match its manifest."""
+
+
+def _raw(array) -> tuple[str, np.ndarray]:
+    """(safetensors dtype tag, contiguous numpy view of the raw bytes) of an MLX/numpy array."""
+    import mlx.core as mx
+
+    if isinstance(array, mx.array):
+        name = str(array.dtype).removeprefix("mlx.core.")
+        if name not in _MX_TO_ST:
+            raise BundleError(f"cannot store dtype {name}")
+        tag = _MX_TO_ST[name]
+        if tag == "BF16":
+            array = array.view(mx.uint16)
+        return tag, np.ascontiguousarray(np.array(array, copy=False))
+    arr = np.ascontiguousarray(array)
+    name = str(arr.dtype)
+    if name not in _MX_TO_ST:
+        raise BundleError(f"cannot store dtype {name}")
+    return _MX_TO_ST[name], arr
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class ShardWriter:
+    """One safetensors file written as tensors arrive, header filled in at close."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "w+b")
+        self._f.seek(HEADER_RESERVE)
+        self._pos = 0  # bytes of data written
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._deferred: list[tuple[str, str, np.ndarray]] = []
+
+    @property
+    def nbytes(self) -> int:
+        return self._pos + sum(a.nbytes for _, _, a in self._deferred)
+
+    def add(self, name: str, array) -> None:
+        if name in self.entries or any(n == name for n, _, _ in self._deferred):
+            raise BundleError(f"tensor {name} written twice")
+        tag, raw = _raw(array)
+        itemsize = ST_DTYPES[tag][1]
+        if self._pos % itemsize or raw.nbytes % 4:
+            self._deferred.append((name, tag, raw))  # would misalign what follows
+        else:
+            self._write(name, tag, raw)
+
+    def _write(self, name: str, tag: str, raw: np.ndarray) -> None:
+        self._f.write(memoryview(raw.reshape(-1)).cast("B"))
+        self.entries[name] = {
+            "dtype": tag,
+            "shape": list(raw.shape),
+            "data_offsets": [self._pos, self._pos + raw.nbytes],
+        }
+        self._pos += raw.nbytes
+
+    def close(self) -> int:
+        """Finish the file; return the absolute offset of its data region."""
+        for name, tag, raw in sorted(self._deferred, key=lambda d: -ST_DTYPES[d[1]][1]):
+            self._write(name, tag, raw)
+        self._deferred.clear()
+        header = dict(self.entries)
+        header["__metadata__"] = {"format": "mlx"}
+        text = json.dumps(header, separators=(",", ":")).encode()
+        data_start = HEADER_RESERVE
+        if 8 + len(text) > HEADER_RESERVE:
+            data_start = _round_up(8 + len(text), PAGE)
+            self._shift_data(data_start - HEADER_RESERVE)
+        text = text.ljust(data_start - 8, b" ")
+        self._f.seek(0)
+        self._f.write(struct.pack("<Q", len(text)) + text)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return data_start
+
+    def _shift_data(self, by: int) -> None:
+        """Move the data region `by` bytes later (header larger than reserved)."""
+        chunk = 64 * 1024**2
+        end = HEADER_RESERVE + self._pos
+        while end > HEADER_RESERVE:
+            start = max(HEADER_RESERVE, end - chunk)
+            self._f.seek(start)
+            block = self._f.read(end - start) if self._f.readable() else None
+            if block is None:
+                raise BundleError("internal: shard not readable for header growth")
+            self._f.seek(start + by)
+            self._f.write(block)
+            end = start
+
+    def abort(self) -> None:
+        self._f.close()
+
+
+@dataclass
+class BundleWriter:
+    """Write a bundle into a temp dir beside `out`; `finish()` renames it into place.
+
+    Use as a context manager: an exception (or Ctrl-C) removes the temp dir and
+    leaves any existing `out` untouched.
+    """
+
+    out: Path
+    force: bool = False
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        if self.out.exists() and not self.force:
+            raise BundleError(f"{self.out} already exists; pass --force to replace it")
+        if not self.out.parent.is_dir():
+            raise BundleError(f"{self.out.parent} is not a directory")
+        self.tmp = self.out.parent / f".{self.out.name}.jang-tmp-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        self._shards: list[ShardWriter] = []
+        self._shard_of: dict[str, int] = {}
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    # ---------------------------------------------------------------- add ----
+
+    def _shard(self, nbytes: int) -> int:
+        if not self._shards or (
+            self._shards[-1].nbytes and self._shards[-1].nbytes + nbytes > self.shard_bytes
+        ):
+            index = len(self._shards)
+            self._shards.append(ShardWriter(self.tmp / f"shard-{index:05d}.safetensors"))
+        return len(self._shards) - 1
+
+    def _add_arrays(self, key: str, arrays: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        nbytes = sum(int(a.nbytes) for a in arrays.values())
+        shard = self._shard(nbytes)
+        records = {}
+        for suffix, array in arrays.items():
+            name = f"{key}.{suffix}"
+            self._shards[shard].add(name, array)
+            self._shard_of[name] = shard
+            records[suffix] = {"name": name}
+        return records
+
+    def add_quantized(
+        self,
+        module: str,
+        weight,
+        scales,
+        biases,
+        *,
+        bits: int,
+        group_size: int,
+        shape: tuple[int, ...],
+        source: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Store one quantized module: `{module}.weight/.scales/.biases`."""
+        if module in self.tensors:
+            raise BundleError(f"{module} written twice")
+        arrays = {"weight": weight, "scales": scales, "biases": biases}
+        self.tensors[module] = {
+            "quantized": True,
+            "bits": int(bits),
+            "group_size": int(group_size),
+            "mode": "affine",
+            "shape": [int(d) for d in shape],
+            "dtype": str(scales.dtype).removeprefix("mlx.core."),
+            "source": source,
+            **(extra or {}),
+            "arrays": self._add_arrays(module, arrays),
+        }
+
+    def add_float(self, name: str, array, *, source: dict[str, Any]) -> None:
+        """Store one unquantized tensor under its parameter name (`....weight`)."""
+        key, _, suffix = name.rpartition(".")
+        if name in self.tensors:
+            raise BundleError(f"{name} written twice")
+        records = self._add_arrays(key, {suffix: array})
+        self.tensors[name] = {
+            "quantized": False,
+            "shape": [int(d) for d in array.shape],
+            "dtype": str(array.dtype).removeprefix("mlx.core."),
+            "source": source,
+            "arrays": records,
+        }
+
+    def add_file(self, name: str, content: str | bytes) -> None:
+        path = self.tmp / name
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    # ------------------------------------------------------------- finish ----
+
+    def finish(self, config: dict[str, Any], manifest: dict[str, Any]) -> Path:
+        """Close shards, write config.json and jang.json, move the bundle into place."""
+        if not self._shards:
+            raise BundleError("no tensors were written")
+        n = len(self._shards)
+        names = (
+            ["model.safetensors"]
+            if n == 1
+            else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
+        shard_info = []
+        for shard, final in zip(self._shards, names, strict=False):
+            data_start = shard.close()
+            shard.path.rename(self.tmp / final)
+            for name, entry in shard.entries.items():
+                record = self._record_for(name)
+                record.update(
+                    shard=final,
+                    offset=data_start + entry["data_offsets"][0],
+                    nbytes=entry["data_offsets"][1] - entry["data_offsets"][0],
+                    shape=entry["shape"],
+                    dtype=entry["dtype"],
+                )
+            shard_info.append({"file": final, "sha256": _sha256(self.tmp / final)})
+        if n > 1:
+            weight_map = {name: names[self._shard_of[name]] for name in sorted(self._shard_of)}
+            total = sum((self.tmp / f).stat().st_size for f in names)
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            self.add_file("model.safetensors.index.json", json.dumps(index, indent=2))
+        self.add_file("config.json", json.dumps(config, indent=2))
+        full = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            **manifest,
+            "shards": shard_info,
+            "tensors": self.tensors,
+        }
+        self.add_file(MANIFEST, json.dumps(full, indent=1))
+        return self._move_into_place()
+
+    def _record_for(self, name: str) -> dict[str, Any]:
+        key, _, suffix = name.rpartition(".")
+        entry = self.tensors.get(key) or self.tensors.get(name)
+        if entry is None or suffix not in entry["arrays"]:
+            raise BundleError(f"internal: no manifest entry for {name}")
+        return entry["arrays"][suffix]
+
+    def _move_into_place(self) -> Path:
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.jang-old-{os.getpid()}"
+            self.out.rename(old)
+        self.tmp.rename(self.out)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        return self.out
+
+    def abort(self) -> None:
+        for shard in self._shards:
+            shard.abort()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------- reading ----
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """The bundle's jang.json, checked for format and version."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        raise BundleError(f"{path}: no {MANIFEST} (not a jang bundle)")
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{file}: invalid JSON ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{file}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{file}: format_version {manifest.get('format_version')} is not supported "
+            f"by this jang (reads version {FORMAT_VERSION})"
+        )
+    return manifest
+
+
+def read_header(shard: Path) -> tuple[dict[str, Any], int]:
+    """(header entries, absolute data start) of a safetensors file."""
+    size = shard.stat().st_size
+    with open(shard, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise BundleError(f"{shard}: truncated (no header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise BundleError(f"{shard}: header length {n} exceeds the file ({size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{shard}: corrupt header ({exc})") from None
+    if not isinstance(header, dict):
+        raise BundleError(f"{shard}: header is not a JSON object")
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def validate(path: Path | str, deep: bool = False) -> list[str]:
+    """Every problem found in a bundle (empty list: valid).
+
+    Checks the manifest against each shard (presence, dtype, shape, offset,
+    bounds, no stray tensors), the quantized shapes against bits and group size,
+    config.json's quantization dict against the manifest, and the tokenizer.
+    `deep` also re-hashes the shards against the manifest's sha256.
+    """
+    path = Path(path)
+    try:
+        manifest = read_manifest(path)
+    except BundleError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    headers: dict[str, tuple[dict[str, Any], int, int]] = {}
+    for shard in manifest.get("shards", []):
+        file = path / shard["file"]
+        if not file.is_file():
+            problems.append(f"{file}: shard is missing")
+            continue
+        try:
+            header, start = read_header(file)
+        except BundleError as exc:
+            problems.append(str(exc))
+            continue
+        headers[shard["file"]] = (header, start, file.stat().st_size)
+        if deep and _sha256(file) != shard.get("sha256"):
+            problems.append(f"{file}: sha256 differs from the manifest (file changed or corrupt)")
+    seen: set[tuple[str, str]] = set()
+    for key, entry in manifest.get("tensors", {}).items():
+        problems += _check_entry(key, entry, headers, seen)
+    for file, (header, _, _) in headers.items():
+        for name in header:
+            if (file, name) not in seen:
+                problems.append(f"{path / file}: tensor {name} is not in the manifest")
+    problems += _check_config(path, manifest)
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        problems.append(f"{path}: no tokenizer (tokenizer.json or tokenizer.model)")
+    return problems
+
+
+def _check_entry(key, entry, headers, seen) -> list[str]:
+    problems = []
+    for suffix, rec in entry.get("arrays", {}).items():
+        name = rec.get("name", f"{key}.{suffix}")
+        where = f"{rec.get('shard')}: tensor {name}"
+        if rec.get("shard") not in headers:
+            problems.append(f"{where}: shard not found")
+            continue
+        header, start, size = headers[rec["shard"]]
+        seen.add((rec["shard"], name))
+        h = header.get(name)
+        if h is None:
+            problems.append(f"{where}: missing from the shard header")
+            continue
+        begin, end = h["data_offsets"]
+        if h["dtype"] != rec.get("dtype") or list(h["shape"]) != list(rec.get("shape", [])):
+            problems.append(
+                f"{where}: manifest says {rec.get('dtype')} {rec.get('shape')}, "
+                f"shard has {h['dtype']} {h['shape']}"
+            )
+        if start + begin != rec.get("offset") or end - begin != rec.get("nbytes"):
+            problems.append(f"{where}: offset/size differ from the manifest")
+        if start + end > size:
+            problems.append(f"{where}: data runs past the end of the file (truncated shard?)")
+        itemsize = ST_DTYPES.get(h["dtype"], (None, 1))[1]
+        count = int(np.prod(h["shape"])) if h["shape"] else 1
+        if end - begin != count * itemsize:
+            problems.append(f"{where}: {end - begin} bytes for shape {h['shape']}")
+    if entry.get("quantized"):
+        problems += _check_quantized_shapes(key, entry)
+    return problems
+
+
+def _check_quantized_shapes(key: str, entry: dict[str, Any]) -> list[str]:
+    bits, gs = entry.get("bits"), entry.get("group_size")
+    arrays = entry.get("arrays", {})
+    if set(arrays) != {"weight", "scales", "biases"}:
+        return [f"{key}: quantized entry needs weight, scales and biases"]
+    in_dim = entry["shape"][-1]
+    w, s = arrays["weight"].get("shape", []), arrays["scales"].get("shape", [])
+    problems = []
+    if not w or w[-1] * 32 != in_dim * bits:
+        problems.append(f"{key}: weight {w} does not hold {in_dim} {bits}-bit codes per row")
+    if not s or s[-1] * gs != in_dim or arrays["biases"].get("shape") != s:
+        problems.append(f"{key}: scales/biases {s} do not match group size {gs} for {in_dim}")
+    return problems
+
+
+def _check_config(path: Path, manifest: dict[str, Any]) -> list[str]:
+    file = path / "config.json"
+    if not file.is_file():
+        return [f"{path}: no config.json"]
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        return [f"{file}: invalid JSON ({exc})"]
+    quant = config.get("quantization")
+    if not isinstance(quant, dict):
+        return [f"{file}: no quantization dict (stock mlx_lm.load would not quantize)"]
+    problems = []
+    for key, entry in manifest.get("tensors", {}).items():
+        if not entry.get("quantized"):
+            continue
+        q = quant.get(key)
+        if not isinstance(q, dict):
+            problems.append(f"{file}: quantization has no entry for {key}")
+        elif (q.get("bits"), q.get("group_size")) != (entry["bits"], entry["group_size"]):
+            problems.append(
+                f"{file}: {key} is {q.get('bits')}-bit g{q.get('group_size')} in config.json "
+                f"but {entry['bits']}-bit g{entry['group_size']} in the manifest"
+            )
+    return problems
+
+
+def quantization_config(manifest_tensors: dict[str, dict[str, Any]], float_modules) -> dict:
+    """mlx-lm's `quantization` dict: the most common (bits, gs) as default plus an
+    explicit entry for every quantized module and `false` for float Linear/Embedding
+    modules, so nothing is inferred from shapes."""
+    counts: dict[tuple[int, int], int] = {}
+    for entry in manifest_tensors.values():
+        if entry.get("quantized"):
+            k = (entry["bits"], entry["group_size"])
+            counts[k] = counts.get(k, 0) + 1
+    bits, gs = max(counts, key=lambda k: (counts[k], k)) if counts else (4, 64)
+    quant: dict[str, Any] = {"group_size": gs, "bits": bits, "mode": "affine"}
+    for key, entry in sorted(manifest_tensors.items()):
+        if entry.get("quantized"):
+            quant[key] = {
+                "group_size": entry["group_size"],
+                "bits": entry["bits"],
+                "mode": "affine",
+            }
+    for module in sorted(float_modules):
+        quant[module] = False
+    return quant

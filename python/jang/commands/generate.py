@@ -1,0 +1,42 @@
+"""`jang generate`."""
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "generate text from a bundle (streams tokens, prints tok/s)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("-p", "--prompt", required=True, help="prompt text")
+    parser.add_argument("-n", "--max-tokens", type=int, default=64, help="tokens to generate")
+    parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    parser.add_argument("--stock", action="store_true", help="stock MLX kernels, not jang's")
+
+
+def run(args: argparse.Namespace) -> int:
+    from jang.bundle import BundleError
+    from jang.generate import generate
+
+    try:
+        stats = generate(
+            args.bundle,
+            args.prompt,
+            max_tokens=args.max_tokens,
+            temp=args.temp,
+            chat=args.chat,
+            kernels=not args.stock,
+            stream=sys.stdout,
+        )
+    except BundleError as exc:
+        print(f"jang generate: error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"\n[{stats['prompt_tokens']} prompt tokens, {stats['prompt_tps']:.1f} tok/s; "
+        f"{stats['generated_tokens']} generated, {stats['generation_tps']:.1f} tok/s; "
+        f"load {stats['load_s']:.2f} s]",
+        file=sys.stderr,
+    )
+    return 0

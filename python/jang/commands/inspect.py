@@ -1,0 +1,25 @@
+"""`jang inspect`."""
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "per-role and per-layer bits of a bundle, size and average bits per weight"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--no-layers", action="store_true", help="omit the per-layer table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from jang.bundle import BundleError, read_manifest
+    from jang.summary import describe
+
+    try:
+        manifest = read_manifest(args.bundle)
+    except BundleError as exc:
+        print(f"jang inspect: error: {exc}", file=sys.stderr)
+        return 1
+    print(describe(args.bundle, manifest, by_layer=not args.no_layers))
+    return 0

@@ -1,0 +1,382 @@
+"""Convert a model (HF dir, safetensors, GGUF) into a bundle, one tensor at a time.
+
+Flow: source -> plan -> quantize each tensor -> bundle writer. Tensors are read,
+quantized and written one at a time (experts of one MoE projection are stacked
+once all of them have been quantized), so peak memory stays near the largest
+tensor, not the model. The bundle appears at OUT only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jang import __version__
+from jang.bundle import BundleWriter, quantization_config
+from jang.source import ModelSource, open_source
+
+METHODS = ("rtn", "clip", "gptq")
+DEFAULT_METHOD = "clip"
+
+# per-expert source names -> (switch_mlp name) for the MoE families mlx-lm stacks
+_EXPERT = re.compile(r"^(?P<prefix>.+)\.experts\.(?P<e>\d+)\.(?P<proj>[a-z0-9_]+)\.weight$")
+_EXPERT_PROJ = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+
+
+class ConversionError(RuntimeError):
+    """A conversion failed; nothing was written to the output path."""
+
+
+@dataclass
+class Progress:
+    """Progress reporting: a tqdm bar, JSON lines for scripts, or nothing."""
+
+    total_bytes: int
+    mode: str = "bar"  # "bar" | "json" | "quiet"
+    _bar: Any = None
+    _done: int = 0
+    _count: int = 0
+    _start: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self):
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.total_bytes, unit="B", unit_scale=True, desc="convert", file=sys.stderr
+            )
+
+    def step(self, name: str, nbytes: int) -> None:
+        self._done += nbytes
+        self._count += 1
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{self._count} tensors", refresh=False)
+            self._bar.update(nbytes)
+        elif self.mode == "json":
+            elapsed = time.perf_counter() - self._start
+            rate = self._done / elapsed if elapsed > 0 else 0.0
+            eta = (self.total_bytes - self._done) / rate if rate > 0 else None
+            print(
+                json.dumps(
+                    {
+                        "event": "tensor",
+                        "name": name,
+                        "done_tensors": self._count,
+                        "done_bytes": self._done,
+                        "total_bytes": self.total_bytes,
+                        "mb_per_s": round(rate / 1e6, 2),
+                        "eta_s": None if eta is None else round(eta, 1),
+                    }
+                ),
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@dataclass
+class ConversionReport:
+    out: Path
+    seconds: float
+    plan_seconds: float
+    bytes_written: int
+    bpw_all_in: float
+    bpw_codes: float
+    tensors: int
+
+
+def _output_dtype(source: ModelSource):
+    """Float dtype for scales, biases and unquantized tensors: the source's 16-bit type,
+    bf16 where the source is fp32/GGUF (fp16 can overflow on real weights)."""
+    import mlx.core as mx
+
+    declared = str(source.config.get("torch_dtype") or source.config.get("dtype") or "")
+    return mx.float16 if "float16" in declared and "bfloat16" not in declared else mx.bfloat16
+
+
+def _quantize(w, bits: int, group_size: int, method: str):
+    """One tensor -> (codes, scales, biases) in MLX's affine layout."""
+    import mlx.core as mx
+
+    if method == "rtn":
+        return mx.quantize(w, group_size=group_size, bits=bits)
+    from jang import quant
+
+    return quant.quantize_tensor(w, bits, group_size, method=method)
+
+
+def convert(
+    src: str | Path,
+    out: str | Path,
+    *,
+    profile: str | None = None,
+    bits: float | None = None,
+    method: str = DEFAULT_METHOD,
+    calib: str | Path | None = None,
+    force: bool = False,
+    plan: dict[str, Any] | None = None,
+    n_samples: int = 128,
+    seq_len: int = 512,
+    progress: str = "bar",
+    log: Callable[[str], None] | None = None,
+) -> ConversionReport:
+    """Convert `src` into a bundle at `out` (see module docstring)."""
+    import mlx.core as mx
+
+    from jang import plan as planner
+
+    if method not in METHODS:
+        raise ConversionError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    say = log or (lambda msg: None)
+    t0 = time.perf_counter()
+    source = open_source(src)
+    infos = source.tensors()
+    if plan is None:
+        plan = planner.make_plan(
+            source.config,
+            [(i.name, i.shape) for i in infos],
+            source.read,
+            profile=profile,
+            bits=bits,
+            cache=planner.default_cache_path(),
+            source=str(src),
+        )
+    plan_seconds = time.perf_counter() - t0
+    gptq_results = (
+        _gptq_quantize(source, plan, calib, n_samples, seq_len, say) if method == "gptq" else {}
+    )
+    say(
+        f"plan: {plan['totals']['bpw_all_in']:.3f} bpw all-in, "
+        f"{plan['totals']['bpw_codes']:.3f} codes-only ({plan_seconds:.1f} s)"
+    )
+    dtype = _output_dtype(source)
+    entries = plan["tensors"]
+    missing = [i.name for i in infos if i.name not in entries]
+    if missing:
+        raise ConversionError(
+            f"the plan has no entry for {missing[0]} (plan made for another model?)"
+        )
+    dropped = _dropped_by_sanitize(source)
+    experts = _expert_groups(infos, entries)
+    pending: dict[str, list[tuple[int, Any, Any, Any]]] = {}
+    float_modules: list[str] = []
+    meter = Progress(sum(i.nbytes for i in infos), progress)
+    try:
+        with BundleWriter(Path(out), force=force) as writer:
+            for info in infos:
+                entry = entries[info.name]
+                if info.name in dropped:
+                    meter.step(info.name, info.nbytes)
+                    continue
+                w = source.read(info.name)
+                src_meta = {
+                    "names": [info.name],
+                    "dtype": info.dtype,
+                    "sha256": source.checksum(info.name),
+                }
+                if entry["quantized"]:
+                    if entry.get("transposed"):
+                        raise ConversionError(
+                            f"{info.name}: transposed expert layouts are not supported yet"
+                        )
+                    module = info.name.removesuffix(".weight")
+                    if module in gptq_results:
+                        q, s, b = (
+                            a.astype(dtype) if a.dtype != mx.uint32 else a
+                            for a in gptq_results.pop(module)
+                        )
+                    else:
+                        q, s, b = _quantize(
+                            w.astype(dtype), entry["bits"], entry["group_size"], method
+                        )
+                    mx.eval(q, s, b)
+                    if info.name in experts:
+                        target, index, count = experts[info.name]
+                        group = pending.setdefault(target, [])
+                        group.append((index, q, s, b, src_meta))
+                        if len(group) == count:
+                            _write_experts(writer, target, pending.pop(target), entry, info.shape)
+                    else:
+                        module = info.name.removesuffix(".weight")
+                        writer.add_quantized(
+                            module,
+                            q,
+                            s,
+                            b,
+                            bits=entry["bits"],
+                            group_size=entry["group_size"],
+                            shape=info.shape,
+                            source=src_meta,
+                            extra={"role": entry.get("role"), "error": entry.get("error")},
+                        )
+                else:
+                    if info.name in experts:
+                        raise ConversionError(
+                            f"{info.name}: unquantized experts are not supported yet"
+                        )
+                    arr = w.astype(dtype) if mx.issubdtype(w.dtype, mx.floating) else w
+                    mx.eval(arr)
+                    writer.add_float(info.name, arr, source=src_meta)
+                    if info.name.endswith(".weight") and len(info.shape) == 2:
+                        float_modules.append(info.name.removesuffix(".weight"))
+                meter.step(info.name, info.nbytes)
+            if pending:
+                raise ConversionError(f"incomplete expert groups: {', '.join(sorted(pending))}")
+            config = dict(source.config)
+            quant = quantization_config(writer.tensors, float_modules)
+            config["quantization"] = quant
+            config["quantization_config"] = quant
+            config["torch_dtype"] = str(dtype).removeprefix("mlx.core.")
+            source.write_tokenizer(writer.tmp)
+            manifest = {
+                "jang_version": __version__,
+                "method": method,
+                "calibration": str(calib) if calib else None,
+                "source": {
+                    "path": str(src),
+                    "parameters": source.num_parameters,
+                    "format": type(source).__name__,
+                },
+                "plan": {k: v for k, v in plan.items() if k != "tensors"},
+                "summary": dict(plan["totals"]),
+            }
+            writer.finish(config, manifest)
+    except KeyboardInterrupt:
+        raise ConversionError(f"interrupted; nothing was written to {out}") from None
+    except OSError as exc:
+        raise ConversionError(
+            f"{exc.strerror or exc} ({exc.filename or out}); nothing was written to {out}"
+        ) from exc
+    finally:
+        meter.close()
+    seconds = time.perf_counter() - t0
+    total = sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))
+    return ConversionReport(
+        out=Path(out),
+        seconds=seconds,
+        plan_seconds=plan_seconds,
+        bytes_written=total,
+        bpw_all_in=plan["totals"]["bpw_all_in"],
+        bpw_codes=plan["totals"]["bpw_codes"],
+        tensors=len(infos),
+    )
+
+
+def _gptq_quantize(source, plan, calib, n_samples: int, seq_len: int, say) -> dict[str, Any]:
+    """GPTQ of every planned matrix, layer by layer over calibration text propagated
+    through the already-quantized model (see `jang.quant.gptq_model`)."""
+    import tempfile
+
+    import mlx.core as mx
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+    from mlx_lm.utils import _get_classes
+
+    from jang import quant
+
+    entries = plan["tensors"]
+    if any(_EXPERT.match(name) for name in entries):
+        raise ConversionError("--method gptq does not handle MoE experts yet; use clip")
+    model_class, args_class = _get_classes(source.config)
+    model = model_class(args_class.from_dict(source.config))
+    weights = {i.name: source.read(i.name).astype(mx.float32) for i in source.tensors()}
+    weights = model.sanitize(weights) if hasattr(model, "sanitize") else weights
+    model.load_weights(list(weights.items()), strict=True)
+    del weights
+    with tempfile.TemporaryDirectory() as tok_dir:
+        source.write_tokenizer(Path(tok_dir))
+        tokenizer = load_tokenizer(Path(tok_dir))
+    tokens = quant.calibration_tokens(tokenizer, calib, n_samples=n_samples, seq_len=seq_len)
+    targets = {
+        name.removesuffix(".weight"): (e["bits"], e["group_size"])
+        for name, e in entries.items()
+        if e["quantized"]
+    }
+    modules = dict(model.named_modules())
+    missing = [m for m in targets if m not in modules]
+    if missing:
+        raise ConversionError(f"--method gptq: the model has no module {missing[0]}")
+    say(f"gptq: {tokens.shape[0]} samples x {tokens.shape[1]} tokens of calibration text")
+    return quant.gptq_model(model, targets, tokens, replace=False, progress=say)
+
+
+def _expert_groups(infos, entries) -> dict[str, tuple[str, int, int]]:
+    """Per-expert tensor name -> (stacked module path, expert index, expert count)."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for info in infos:
+        m = _EXPERT.match(info.name)
+        if not m:
+            continue
+        proj = _EXPERT_PROJ.get(m["proj"], m["proj"])
+        target = f"{m['prefix']}.switch_mlp.{proj}"
+        found.setdefault(target, []).append((int(m["e"]), info.name))
+    groups = {}
+    for target, members in found.items():
+        indices = sorted(e for e, _ in members)
+        if indices != list(range(len(indices))):
+            raise ConversionError(f"{target}: experts {indices[:8]}... are not numbered 0..E-1")
+        for e, name in members:
+            groups[name] = (target, e, len(members))
+    return groups
+
+
+def _write_experts(writer: BundleWriter, target: str, group, entry, shape) -> None:
+    import mlx.core as mx
+
+    group.sort(key=lambda g: g[0])
+    q = mx.stack([g[1] for g in group])
+    s = mx.stack([g[2] for g in group])
+    b = mx.stack([g[3] for g in group])
+    mx.eval(q, s, b)
+    writer.add_quantized(
+        target,
+        q,
+        s,
+        b,
+        bits=entry["bits"],
+        group_size=entry["group_size"],
+        shape=(len(group), *shape),
+        source={
+            "names": [m["names"][0] for *_, m in group],
+            "dtype": group[0][4]["dtype"],
+            "sha256": [m["sha256"] for *_, m in group],
+        },
+        extra={"role": entry.get("role"), "error": entry.get("error")},
+    )
+
+
+def _dropped_by_sanitize(source: ModelSource) -> set[str]:
+    """Source tensors the mlx-lm model discards on load (e.g. a tied lm_head, rotary
+    buffers), found by running its `sanitize` on lazy placeholders (no memory)."""
+    import mlx.core as mx
+    from mlx_lm.utils import _get_classes
+
+    try:
+        model_class, args_class = _get_classes(source.config)
+    except ValueError as exc:
+        raise ConversionError(
+            f"mlx-lm cannot build {source.config.get('model_type')!r}: {exc}"
+        ) from None
+    model = model_class(args_class.from_dict(source.config))
+    if not hasattr(model, "sanitize"):
+        return set()
+    placeholders = {
+        i.name: mx.zeros(i.shape, dtype=mx.bfloat16)
+        for i in source.tensors()
+        if not _EXPERT.match(i.name)
+    }
+    kept = set(model.sanitize(dict(placeholders)))
+    added = kept - set(placeholders)
+    if added:
+        raise ConversionError(
+            f"mlx-lm's {source.config.get('model_type')} loader renames tensors jang cannot "
+            f"stream yet: {', '.join(sorted(added)[:5])}"
+        )
+    return set(placeholders) - kept

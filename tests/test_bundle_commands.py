@@ -1,0 +1,98 @@
+"""The bundle subcommands end to end on a tiny model: convert, validate, inspect, generate."""
+
+import json
+
+import pytest
+
+from jang import cli
+from tiny_model import make_model_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    src = make_model_dir(tmp_path_factory.mktemp("src") / "tiny")
+    out = tmp_path_factory.mktemp("out") / "b"
+    assert (
+        cli.main(
+            ["convert", str(src), "-o", str(out), "--bits", "3.5", "--method", "rtn", "--quiet"]
+        )
+        == 0
+    )
+    return src, out
+
+
+def test_convert_json_progress_and_refusal(tiny_bundle, capsys):
+    src, out = tiny_bundle
+    capsys.readouterr()
+    assert cli.main(["convert", str(src), "-o", str(out), "--bits", "3", "--json-progress"]) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    code = cli.main(
+        [
+            "convert",
+            str(src),
+            "-o",
+            str(out),
+            "-p",
+            "JANG_2S",
+            "--method",
+            "rtn",
+            "--json-progress",
+            "--force",
+        ]
+    )
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1]["event"] == "done" and lines[-1]["bytes"] > 0
+    assert (
+        cli.main(
+            [
+                "convert",
+                str(src),
+                "-o",
+                str(out),
+                "--bits",
+                "3.5",
+                "--method",
+                "rtn",
+                "--quiet",
+                "--force",
+            ]
+        )
+        == 0
+    )
+
+
+def test_convert_errors_name_the_problem(tmp_path, capsys):
+    assert (
+        cli.main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "--bits", "3"])
+        == 1
+    )
+    assert "no such file or directory" in capsys.readouterr().err
+    src = make_model_dir(tmp_path / "m")
+    assert (
+        cli.main(["convert", str(src), "-o", str(tmp_path / "o"), "--bits", "0.5", "--quiet"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "jang convert: error:" in err and not (tmp_path / "o").exists()
+
+
+def test_validate(tiny_bundle, tmp_path, capsys):
+    _, out = tiny_bundle
+    assert cli.main(["validate", str(out), "--deep"]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert cli.main(["validate", str(tmp_path)]) == 1
+    assert "INVALID: " in capsys.readouterr().err
+
+
+def test_inspect(tiny_bundle, capsys):
+    _, out = tiny_bundle
+    assert cli.main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "bits per layer" in text and "mlp_down" in text and "bpw" in text
+
+
+def test_generate(tiny_bundle, capsys):
+    _, out = tiny_bundle
+    assert cli.main(["generate", str(out), "-p", "w1 w2 w3", "-n", "5", "--stock"]) == 0
+    captured = capsys.readouterr()
+    assert "generated" in captured.err and "tok/s" in captured.err

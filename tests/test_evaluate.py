@@ -1,0 +1,147 @@
+"""`jang eval`: windows, metrics against known values, both engines agree, the CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from jang import cli
+from jang import evaluate as ev
+from tiny_model import VOCAB, make_model_dir
+
+torch = pytest.importorskip("torch", reason="the reference engine needs torch (eval extra)")
+pytest.importorskip("transformers", reason="the reference engine needs transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    src = make_model_dir(tmp_path_factory.mktemp("src") / "tiny")
+    out = tmp_path_factory.mktemp("out") / "b4"
+    assert cli.main(["convert", str(src), "-o", str(out), "--bits", "4.5", "--quiet"]) == 0
+    rng = np.random.default_rng(1)
+    text = tmp_path_factory.mktemp("text") / "t.txt"
+    words = [VOCAB[i] for i in rng.integers(3, len(VOCAB), size=400)]
+    text.write_text("\n\n".join(" ".join(words[i : i + 50]) for i in range(0, 400, 50)))
+    return src, out, text
+
+
+def test_windows_are_fixed_non_overlapping_and_start_with_bos():
+    ids = np.arange(100, 200)
+    w = ev.make_windows(ids, n_windows=3, length=10, bos=1)
+    assert w.shape == (3, 10)
+    assert (w[:, 0] == 1).all()
+    assert w[1:, 1:].min() > w[0, 1:].max()  # no token appears in two windows
+    assert list(w[0, 1:]) == list(range(100, 109))
+    w = ev.make_windows(ids, n_windows=50, length=10, bos=None)
+    assert w.shape == (10, 10) and list(w.reshape(-1)) == list(range(100, 200))
+    with pytest.raises(ValueError):
+        ev.make_windows(ids[:5], n_windows=1, length=10, bos=1)
+
+
+def test_perplexity_and_kl_of_known_distributions():
+    rng = np.random.default_rng(0)
+    T, V = 33, 17
+    ids = rng.integers(0, V, size=T)
+    # uniform over V: perplexity is V
+    stats = ev.TokenStats()
+    stats.add(None, ev.log_softmax(np.zeros((T, V))), ids)
+    assert stats.summary()["ppl"] == pytest.approx(V, rel=1e-6)
+    # the next token gets probability 1/2 everywhere: perplexity 2
+    logits = np.full((T, V), -1e9, dtype=np.float32)
+    logits[np.arange(T - 1), ids[1:]] = 0.0
+    logits[np.arange(T - 1), (ids[1:] + 1) % V] = 0.0
+    logits[-1] = 0.0
+    stats = ev.TokenStats()
+    stats.add(None, ev.log_softmax(logits), ids)
+    assert stats.summary()["ppl"] == pytest.approx(2.0, rel=1e-5)
+    # KL and top-1 against a direct computation
+    a, b = rng.normal(size=(T, V)) * 2, rng.normal(size=(T, V)) * 2
+    pa = np.exp(a) / np.exp(a).sum(-1, keepdims=True)
+    pb = np.exp(b) / np.exp(b).sum(-1, keepdims=True)
+    kl = (pa * np.log(pa / pb)).sum(-1)[:-1].mean()
+    stats = ev.TokenStats()
+    stats.add(ev.log_softmax(a), ev.log_softmax(b), ids)
+    s = stats.summary()
+    assert s["kl"] == pytest.approx(kl, rel=1e-4)
+    assert s["top1"] == pytest.approx((a.argmax(-1) == b.argmax(-1))[:-1].mean())
+    assert s["kl"] > 0.1
+
+
+def test_wilson_interval():
+    lo, hi = ev.wilson_interval(50, 100)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.19, abs=0.01)
+    lo2, hi2 = ev.wilson_interval(500, 1000)
+    assert hi2 - lo2 < (hi - lo) / 2
+    assert ev.wilson_interval(0, 20)[0] == 0.0 and ev.wilson_interval(20, 20)[1] == 1.0
+
+
+def test_size_of_a_uniform_bundle(tiny):
+    from jang import reference
+
+    _, out, _ = tiny
+    _, _, size = reference.reference_model(out)
+    manifest = json.loads((out / "jang.json").read_text())
+    plan = manifest["summary"]
+    assert size.bpw_all_in == pytest.approx(plan["bpw_all_in"], abs=1e-3)
+    assert size.bpw_codes == pytest.approx(plan["bpw_codes"], abs=1e-3)
+    assert size.file_bytes == sum(f.stat().st_size for f in out.glob("*.safetensors"))
+
+
+def test_both_engines_agree_and_self_kl_is_zero(tiny):
+    src, out, text = tiny
+    tok = ev.load_tokenizer(out)
+    wins = ev.tokenize_windows(tok, text.read_text(), 2, 64, ev.bos_id(tok))
+    assert wins.shape == (2, 64)
+    torch_run, _, _ = ev.load_engine(out, "torch")
+    mlx_run, _, _ = ev.load_engine(out, "mlx")
+    src_run, _, _ = ev.load_engine(src, "torch")
+    for ids in wins:
+        a, b = torch_run(ids), mlx_run(ids)
+        assert a.shape == b.shape == (64, len(VOCAB))
+        np.testing.assert_allclose(a, b, atol=2e-3 * np.abs(a).max())
+        assert np.abs(a - src_run(ids)).max() > 1e-3  # quantization changes the logits
+    same = ev.compare_windows(wins, torch_run, ref_engine=torch_run)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert same["top1"] == 1.0 and same["ppl"] == pytest.approx(same["ppl_ref"])
+    agree = ev.compare_windows(wins, mlx_run, ref_engine=torch_run)
+    assert agree["kl"] < 1e-4 and agree["top1"] > 0.95
+    vs_src = ev.compare_windows(wins, torch_run, ref_engine=src_run)
+    assert vs_src["kl"] > 10 * agree["kl"]
+
+
+def test_eval_command_prints_a_table_and_writes_json(tiny, tmp_path, capsys):
+    src, out, text = tiny
+    dest = tmp_path / "r.json"
+    args = ["eval", str(out), "--ref", str(src), "--text", str(text)]
+    assert cli.main([*args, "--windows", "3", "--length", "32", "--json", str(dest)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(dest.read_text())
+    assert result["windows"] == 3 and result["length"] == 32
+    assert result["kl"] > 0 and 0 <= result["top1"] <= 1
+    assert math.isfinite(result["ppl"]) and result["bpw_all_in"] == pytest.approx(4.5, abs=0.6)
+    assert "| variant |" in printed and f"{result['kl']:.4g}" in printed
+    assert cli.main(["eval", str(tmp_path / "nope"), "--text", str(text)]) == 1
+
+
+def test_multiple_choice_picks_the_most_likely_continuation(tiny):
+    _, out, _ = tiny
+    tok = ev.load_tokenizer(out)
+    favoured = tok.convert_tokens_to_ids("w7")
+
+    def engine(ids):  # every position predicts w7 with high probability
+        logits = np.zeros((len(ids), len(VOCAB)), dtype=np.float32)
+        logits[:, favoured] = 5.0
+        return logits
+
+    qs = [
+        ev.Question("w1 w2", (" w3", " w7", " w9"), gold=1),
+        ev.Question("w4", (" w7 w7", " w8 w7"), gold=0),
+        ev.Question("w4", (" w7", " w8"), gold=1),
+    ]
+    res = ev.mc_accuracy(engine, tok, qs, ev.bos_id(tok))
+    assert res["n"] == 3 and res["acc"] == pytest.approx(2 / 3)
+    lo, hi = res["ci95"]
+    assert lo < 2 / 3 < hi
+    scores = ev.choice_loglik(engine, tok, qs[1], ev.bos_id(tok))
+    assert scores[0] > scores[1] and scores[0] == pytest.approx(2 * scores[0] / 2)
