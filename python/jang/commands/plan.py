@@ -15,7 +15,10 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="model: HF directory, .safetensors or .gguf")
+    parser.add_argument(
+        "source",
+        help="model: HF directory, .safetensors or .gguf, or a model of `jang data` (smollm2, gemma3)",
+    )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("-p", "--profile", help="JANG profile name (e.g. JANG_3M, JANG_4K)")
     which.add_argument("--bits", type=float, help="budget in all-in bits per weight (e.g. 2.5)")
@@ -59,9 +62,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from jang import data
     from jang import plan as planner
 
     try:
+        source = data.resolve_model(args.source, quiet=args.quiet)
         priors = _priors(args.prior)
         cache = None if args.no_cache else (args.cache or planner.default_cache_path())
         sample = planner.DEFAULT_SAMPLE if args.sample is None else (args.sample or None)
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\rmeasuring {i}/{n}", end="" if i < n else "\n", file=sys.stderr)
 
         result = planner.plan_source(
-            args.source,
+            source,
             profile=args.profile,
             bits=args.bits,
             priors=priors or None,
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             sample=sample,
             progress=progress,
         )
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, data.DataError) as exc:
         print(f"jang plan: error: {exc}", file=sys.stderr)
         return 1
     name = result["request"]["profile"]
