@@ -98,24 +98,39 @@ def build_public(hf: Path, out: Path, profile: str, cache: Path) -> None:
         raise RuntimeError(f"public jang failed: {res.stderr.strip()[-500:]}")
 
 
-def build_ours(hf: Path, out: Path, target: str, method: str) -> None:
+def calibration_file(cache: Path) -> Path:
+    """GPTQ calibration text: the second half of the Wikipedia sample's articles, which the
+    evaluation windows (taken from the start) never reach."""
+    path = cache / "calib_wiki_second_half.txt"
+    if not path.is_file():
+        articles = ev.load_text().split("\n\n")
+        path.write_text("\n\n".join(articles[len(articles) // 2 :]), encoding="utf-8")
+    return path
+
+
+def build_ours(
+    hf: Path, out: Path, target: str, method: str, cache: Path, samples: int = 128
+) -> None:
     from jang.convert import convert
 
+    kw: dict = {"method": method, "progress": "quiet", "force": True}
+    if method == "gptq":
+        kw.update(calib=calibration_file(cache), n_samples=samples, seq_len=512)
     if target.upper().startswith("JANG"):
-        convert(hf, out, profile=target, method=method, progress="quiet", force=True)
+        convert(hf, out, profile=target, **kw)
     else:
-        convert(hf, out, bits=float(target), method=method, progress="quiet", force=True)
+        convert(hf, out, bits=float(target), **kw)
 
 
-def rows(groups: set[str], methods: list[str], hf: Path, cache: Path) -> list:
+def rows(groups: set[str], methods: list[str], hf: Path, cache: Path, samples: int) -> list:
     """(name, group, method family, builder(out)) for every requested row; the rows that
     decide the comparison (<= 4 bits) come first, so that a run cut short keeps them."""
-    every = list(_rows(groups, methods, hf, cache))
+    every = list(_rows(groups, methods, hf, cache, samples))
     high = [r for r in every if r[0].startswith(("MLX uniform 6", "MLX uniform 8"))]
     return [r for r in every if r not in high] + high
 
 
-def _rows(groups: set[str], methods: list[str], hf: Path, cache: Path):
+def _rows(groups: set[str], methods: list[str], hf: Path, cache: Path, samples: int):
     if "uniform" in groups:
         for b, g in UNIFORM:
             yield (
@@ -131,7 +146,12 @@ def _rows(groups: set[str], methods: list[str], hf: Path, cache: Path):
         for m in methods:
             for t in OURS_BITS:
                 name = f"jang {t if isinstance(t, str) else f'{t:g} bpw'} {m}"
-                yield name, "ours", f"jang {m}", lambda o, t=t, m=m: build_ours(hf, o, str(t), m)
+                yield (
+                    name,
+                    "ours",
+                    f"jang {m}",
+                    lambda o, t=t, m=m: build_ours(hf, o, str(t), m, cache, samples),
+                )
     if "public" in groups:
         for p in PUBLIC:
             yield (
@@ -228,6 +248,11 @@ def plot(model: str, results: list[dict], dest: Path) -> None:
         rs.sort(key=lambda r: r["bpw_all_in"])
         x = [r["bpw_all_in"] for r in rs]
         y = [r["kl"] for r in rs]
+        if fam == "public jang":  # fixed profiles, not a series: points with their names
+            ax.plot(x, y, "D", label=fam, markersize=5)
+            for r in rs:
+                ax.annotate(r["name"].split()[-1], (r["bpw_all_in"], r["kl"]), fontsize=7)
+            continue
         style = "-o" if fam.startswith("jang") else "--s"
         ax.plot(x, y, style, label=fam, markersize=4)
     ax.set_yscale("log")
@@ -253,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--match", help="only rows whose name contains one of these (comma list)")
     p.add_argument("--cache", type=Path, default=data.cache_dir() / "bench")
     p.add_argument("--out", type=Path, default=HERE / "results")
-    p.add_argument("--rebuild", action="store_true", help="reconvert and re-measure rows that exist")
+    p.add_argument(
+        "--rebuild", action="store_true", help="reconvert and re-measure rows that exist"
+    )
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--gptq-samples", type=int, default=128, help="GPTQ calibration windows")
     p.add_argument("--mc", help="also score a multiple-choice task (arc_easy, hellaswag, ...)")
     p.add_argument("--mc-limit", type=int, default=200, help="questions (fixed random subset)")
     args = p.parse_args(argv)
@@ -325,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(name, meta, list(results.values()), args.out)
 
     methods = [m for m in args.methods.split(",") if m]
-    for row_name, group, family, build in rows(groups, methods, hf, cache):
+    for row_name, group, family, build in rows(groups, methods, hf, cache, args.gptq_samples):
         if match and not any(m in row_name for m in match):
             continue
         if not args.rebuild and "kl" in results.get(row_name, {}):

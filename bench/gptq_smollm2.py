@@ -7,8 +7,10 @@ The model is the SmolLM2-135M-Instruct GGUF prepared by ``jang data smollm2`` (r
 ``jang.source``, weights cast to float16), the text ``~/.cache/jang/wiki/wiki.txt``: its
 first 80% gives the calibration windows, its last 20% the evaluation windows. Every
 Linear of the decoder layers is quantized to `--bits` with group size 64 by RTN
-(``mx.quantize``), clip (no calibration) and GPTQ (``jang.quant.gptq_model``), and the
-perplexity of each model on the evaluation windows is printed next to the float model's.
+(``mx.quantize``), clip (without and with the activation importance diag(X^T X) of the
+calibration windows) and GPTQ (``jang.quant.gptq_model``), and the perplexity of each
+model on the evaluation windows is printed next to the float model's. Quantize times
+for clip + importance add the one forward pass that collects the importance.
 ``--mlx-lm N`` also times mlx-lm's own GPTQ (``mlx_lm.quant.gptq``, 4 bits) and ours on N
 calibration samples, in the same run (mlx-lm computes its Hessians with MLX matmuls).
 """
@@ -23,9 +25,16 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_map
 from mlx_lm.models import llama
 
-from jang.quant import calibration_tokens, dequantize_tensor, gptq_model, quantize_tensor
+from jang.quant import (
+    activation_importance,
+    calibration_tokens,
+    dequantize_tensor,
+    gptq_model,
+    quantize_tensor,
+)
 from jang.quant.cpu_forward import numpy_model
 from jang.source import open_source
 
@@ -54,8 +63,9 @@ def linears(model) -> list[str]:
 
 
 def perplexity(model, windows: mx.array) -> float:
-    """exp(mean next-token NLL), forward through numpy (see jang.quant.cpu_forward)."""
-    emb = np.array(model.model.embed_tokens.weight.astype(mx.float32))
+    """exp(mean next-token NLL), in float32 through numpy (see jang.quant.cpu_forward)."""
+    model.update(tree_map(lambda a: a.astype(mx.float32), model.parameters()))
+    emb = np.array(model.model.embed_tokens.weight)
     nll, count = 0.0, 0
     with numpy_model(model):
         for i in range(windows.shape[0]):
@@ -70,11 +80,11 @@ def perplexity(model, windows: mx.array) -> float:
     return float(np.exp(nll / count))
 
 
-def fake_quantize(model, method: str, bits: int, gs: int) -> None:
+def fake_quantize(model, method: str, bits: int, gs: int, importance=None) -> None:
     modules = dict(model.named_modules())
     for n in linears(model):
         m = modules[n]
-        q = quantize_tensor(m.weight, bits, gs, method)
+        q = quantize_tensor(m.weight, bits, gs, method, importance and importance[n])
         m.weight = dequantize_tensor(*q, bits, gs)
 
 
@@ -99,20 +109,29 @@ def main() -> None:
     ids = np.array(tok.encode(text[cut:]), np.int32)
     n_eval = min(args.eval_windows, len(ids) // args.seq_len)
     windows = mx.array(ids[: n_eval * args.seq_len].reshape(n_eval, args.seq_len))
-    print(f"calibration {calib.shape[0]} x {calib.shape[1]} tokens (tokenized in {t_tok:.1f} s), "
-          f"evaluation {n_eval} x {args.seq_len} tokens\n")
+    print(
+        f"calibration {calib.shape[0]} x {calib.shape[1]} tokens (tokenized in {t_tok:.1f} s), "
+        f"evaluation {n_eval} x {args.seq_len} tokens\n",
+        flush=True,
+    )
 
-    ppl = {"float": perplexity(load_model(src), windows)}
-    print(f"float16 perplexity {ppl['float']:.3f}\n")
+    print(f"float16 perplexity {perplexity(load_model(src), windows):.3f}\n", flush=True)
+    t = time.perf_counter()
+    importance = activation_importance(load_model(src), calib)
+    t_imp = time.perf_counter() - t
     print("| bits | method | perplexity | quantize time (s) |")
     print("|---|---|---|---|")
     for bits in args.bits:
-        for method in ("rtn", "clip"):
+        for label, imp in (("rtn", None), ("clip", None), ("clip + importance", importance)):
             model = load_model(src)
             t = time.perf_counter()
-            fake_quantize(model, method, bits, gs)
+            fake_quantize(model, label.split()[0], bits, gs, imp)
             dt = time.perf_counter() - t
-            print(f"| {bits} | {method} | {perplexity(model, windows):.3f} | {dt:.1f} |", flush=True)
+            extra = f" + {t_imp:.1f}" if imp else ""
+            print(
+                f"| {bits} | {label} | {perplexity(model, windows):.3f} | {dt:.1f}{extra} |",
+                flush=True,
+            )
         model = load_model(src)
         plan = {n: (bits, gs) for n in linears(model)}
         t = time.perf_counter()
@@ -135,8 +154,10 @@ def main() -> None:
         t = time.perf_counter()
         mlx_lm_gptq(model, small, 4, gs, 6, gs)
         theirs = time.perf_counter() - t
-        print(f"\nGPTQ 4-bit on {args.mlx_lm} x {args.seq_len} tokens: jang {ours:.1f} s, "
-              f"mlx_lm.quant.gptq {theirs:.1f} s")
+        print(
+            f"\nGPTQ 4-bit on {args.mlx_lm} x {args.seq_len} tokens: jang {ours:.1f} s, "
+            f"mlx_lm.quant.gptq {theirs:.1f} s"
+        )
 
 
 if __name__ == "__main__":

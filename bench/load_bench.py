@@ -41,7 +41,10 @@ print(json.dumps({"seconds": seconds, "rss_growth": rss() - before}))
 
 def measure(which: str, bundle: Path) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, which, str(bundle)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, which, str(bundle)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

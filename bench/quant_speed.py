@@ -53,18 +53,25 @@ def main() -> None:
     gs = args.group_size
     tensors = load(args.model, gs)
     mb = sum(w.nbytes for w in tensors) / 1e6
+    sizes = np.array([w.size for w in tensors], np.float64)
+
+    def mean(errors: np.ndarray) -> float:  # weighted by tensor size
+        return float((errors * sizes).sum() / sizes.sum())
+
     print(f"{len(tensors)} tensors, {mb:.1f} MB float16, group size {gs}\n")
-    print("| bits | mx.quantize MB/s | jang rtn MB/s | jang clip MB/s | clip / rtn time "
-          "| rtn rel. error | clip rel. error |")
+    print(
+        "| bits | mx.quantize MB/s | jang rtn MB/s | jang clip MB/s | clip / rtn time "
+        "| rtn rel. error | clip rel. error |"
+    )
     print("|---|---|---|---|---|---|---|")
     for bits in args.bits:
         t_mx = best_time(lambda w, b=bits: mx.quantize(w, gs, b), tensors, args.repeat)
         t_rtn = best_time(lambda w, b=bits: quantize_tensor(w, b, gs), tensors, args.repeat)
-        t_clip = best_time(lambda w, b=bits: quantize_tensor(w, b, gs, "clip"), tensors, args.repeat)
-        sizes = np.array([w.size for w in tensors], np.float64)
+        t_clip = best_time(
+            lambda w, b=bits: quantize_tensor(w, b, gs, "clip"), tensors, args.repeat
+        )
         e_rtn = np.array([relative_error(w, bits, gs) for w in tensors])
         e_clip = np.array([relative_error(w, bits, gs, "clip") for w in tensors])
-        mean = lambda e: float((e * sizes).sum() / sizes.sum())  # noqa: E731
         print(
             f"| {bits} | {mb / t_mx:.0f} | {mb / t_rtn:.0f} | {mb / t_clip:.0f} "
             f"| {t_clip / t_rtn:.2f} | {mean(e_rtn):.4f} | {mean(e_clip):.4f} |",

@@ -59,7 +59,6 @@ template <typename T, typename S, int BITS, int MT>
     const int g = p / packs_per_group;
     const int k0 = p * C;
     float xsum[MT];
-#pragma clang loop unroll(full)
     for (int m = 0; m < MT; ++m) {
       float s = 0.0f;
       if (m < mn) {
@@ -69,7 +68,6 @@ template <typename T, typename S, int BITS, int MT>
       }
       xsum[m] = s;
     }
-#pragma clang loop unroll(full)
     for (int r = 0; r < R; ++r) {
       // Rows past N repeat the last row; their sums are never written.
       const int64_t row = min(row0 + r, N - 1);
@@ -77,7 +75,6 @@ template <typename T, typename S, int BITS, int MT>
       metal_kernels::load_pack<BITS>(w + row * words_per_row + p * P::words, q);
       const float s = static_cast<float>(scales[row * groups + g]);
       const float b = static_cast<float>(biases[row * groups + g]);
-#pragma clang loop unroll(full)
       for (int m = 0; m < MT; ++m) {
         if (m < mn) {
           float xq = 0.0f;

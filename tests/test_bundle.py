@@ -137,7 +137,7 @@ def test_force_replaces(model_dir, tmp_path):
 def test_failure_leaves_nothing(model_dir, tmp_path, monkeypatch):
     calls = []
 
-    def failing(w, bits, group_size, method):
+    def failing(w, bits, group_size, method, debias=False):
         calls.append(1)
         if len(calls) == 5:
             raise OSError(28, "No space left on device")

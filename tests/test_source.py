@@ -174,6 +174,21 @@ def write_gguf(path, arch: str, tensors: dict[str, np.ndarray], heads=4, kv_head
     writer.close()
 
 
+def test_gguf_chunked_read(tmp_path, monkeypatch):
+    from jang import source as source_module
+
+    monkeypatch.setattr(source_module, "_GGUF_CHUNK", 48)  # 3 rows of 16 per block
+    w = np.arange(10 * 16, dtype=np.float32).reshape(10, 16) / 7
+    path = tmp_path / "c.gguf"
+    write_gguf(path, "llama", {"blk.0.ffn_up.weight": w})
+    got = open_source(path).read("model.layers.0.mlp.up_proj.weight")
+    assert got.dtype == mx.bfloat16 and got.shape == (10, 16)
+    np.testing.assert_array_equal(
+        np.array(got.astype(mx.float32)),
+        np.array(mx.array(w).astype(mx.bfloat16).astype(mx.float32)),
+    )
+
+
 def test_gguf_llama_layout(tmp_path):
     q_hf = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)  # 4 heads x head_dim 2
     k_hf = np.arange(4 * 8, dtype=np.float32).reshape(4, 8) + 100  # 2 kv heads
@@ -212,10 +227,10 @@ def test_gguf_llama_layout(tmp_path):
     }
     assert names["model.layers.0.mlp.down_proj.weight"].shape == (8, 16)
     np.testing.assert_array_equal(
-        np.array(src.read("model.layers.0.self_attn.q_proj.weight")), q_hf
+        np.array(src.read("model.layers.0.self_attn.q_proj.weight").astype(mx.float32)), q_hf
     )
     np.testing.assert_array_equal(
-        np.array(src.read("model.layers.0.self_attn.k_proj.weight")), k_hf
+        np.array(src.read("model.layers.0.self_attn.k_proj.weight").astype(mx.float32)), k_hf
     )
     out = tmp_path / "tok"
     out.mkdir()
@@ -230,7 +245,9 @@ def test_gguf_gemma_norms_and_unknown_tensor(tmp_path):
     )
     src = open_source(path)
     assert src.config["model_type"] == "gemma3_text"
-    np.testing.assert_allclose(np.array(src.read("model.layers.0.input_layernorm.weight")), 0.5)
+    np.testing.assert_allclose(
+        np.array(src.read("model.layers.0.input_layernorm.weight").astype(mx.float32)), 0.5
+    )
     write_gguf(path, "llama", {"blk.0.mystery.weight": np.ones(8, np.float32)})
     with pytest.raises(
         SourceError, match=r"no Hugging Face name for llama: blk\.0\.mystery\.weight"
@@ -256,4 +273,4 @@ def test_real_smollm2_gguf():
     assert len(src.tensors()) == 272
     assert 134e6 < src.num_parameters < 136e6
     emb = src.read("model.embed_tokens.weight")
-    assert emb.shape == (49152, 576) and emb.dtype == mx.float32
+    assert emb.shape == (49152, 576) and emb.dtype == mx.bfloat16

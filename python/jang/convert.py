@@ -102,15 +102,22 @@ def _output_dtype(source: ModelSource):
     return mx.float16 if "float16" in declared and "bfloat16" not in declared else mx.bfloat16
 
 
-def _quantize(w, bits: int, group_size: int, method: str):
-    """One tensor -> (codes, scales, biases) in MLX's affine layout."""
+def _quantize(w, bits: int, group_size: int, method: str, debias: bool = False):
+    """One tensor -> (codes, scales, biases) in MLX's affine layout; `debias` rescales each
+    output row to undo the shrinkage of MSE-optimal rounding (`jang.quant.debias`)."""
     import mlx.core as mx
 
     if method == "rtn":
-        return mx.quantize(w, group_size=group_size, bits=bits)
-    from jang import quant
+        q, s, b = mx.quantize(w, group_size=group_size, bits=bits)
+    else:
+        from jang import quant
 
-    return quant.quantize_tensor(w, bits, group_size, method=method)
+        q, s, b = quant.quantize_tensor(w, bits, group_size, method=method)
+    if debias:
+        from jang.quant.debias import debias_rows
+
+        s, b = debias_rows(w, q, s, b, bits, group_size)
+    return q, s, b
 
 
 def convert(
@@ -125,6 +132,7 @@ def convert(
     plan: dict[str, Any] | None = None,
     n_samples: int = 128,
     seq_len: int = 512,
+    debias: bool | None = None,
     progress: str = "bar",
     log: Callable[[str], None] | None = None,
 ) -> ConversionReport:
@@ -136,6 +144,8 @@ def convert(
     if method not in METHODS:
         raise ConversionError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     say = log or (lambda msg: None)
+    if debias is None:
+        debias = method == "clip"
     t0 = time.perf_counter()
     source = open_source(src)
     infos = source.tensors()
@@ -143,7 +153,7 @@ def convert(
         plan = planner.make_plan(
             source.config,
             [(i.name, i.shape) for i in infos],
-            source.read,
+            source.read_fresh,
             profile=profile,
             bits=bits,
             cache=planner.default_cache_path(),
@@ -176,7 +186,7 @@ def convert(
                 if info.name in dropped:
                     meter.step(info.name, info.nbytes)
                     continue
-                w = source.read(info.name)
+                w = source.read_fresh(info.name)
                 src_meta = {
                     "names": [info.name],
                     "dtype": info.dtype,
@@ -195,7 +205,7 @@ def convert(
                         )
                     else:
                         q, s, b = _quantize(
-                            w.astype(dtype), entry["bits"], entry["group_size"], method
+                            w.astype(dtype), entry["bits"], entry["group_size"], method, debias
                         )
                     mx.eval(q, s, b)
                     if info.name in experts:
@@ -239,6 +249,7 @@ def convert(
             manifest = {
                 "jang_version": __version__,
                 "method": method,
+                "debias": debias,
                 "calibration": str(calib) if calib else None,
                 "source": {
                     "path": str(src),

@@ -763,7 +763,7 @@ def plan_source(path: str | Path, **kwargs: Any) -> dict[str, Any]:
     return make_plan(
         src.config,
         [(i.name, i.shape) for i in infos],
-        src.read,
+        src.read_fresh,
         source=str(path),
         **kwargs,
     )

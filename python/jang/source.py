@@ -95,6 +95,14 @@ class ModelSource:
         """sha256 of the tensor's stored bytes (identifies the source in manifests)."""
         return hashlib.sha256(self.raw_bytes(name)).hexdigest()
 
+    def read_fresh(self, name: str):
+        """`read`, after returning MLX's cached buffers to the system, so streaming over a
+        model's tensors keeps resident memory near the largest tensor."""
+        import mlx.core as mx
+
+        mx.clear_cache()
+        return self.read(name)
+
     def iter_tensors(self) -> Iterator[tuple[TensorInfo, Any]]:
         for info in self.tensors():
             yield info, self.read(info.name)
@@ -271,6 +279,8 @@ class SafetensorsSource(ModelSource):
 
 # ------------------------------------------------------------------ GGUF ----
 
+_GGUF_CHUNK = 1 << 24  # elements dequantized at once (64 MB of fp32)
+
 # GGUF architecture -> (HF model_type, HF architectures entry)
 _GGUF_ARCHS = {
     "llama": ("llama", "LlamaForCausalLM"),
@@ -412,27 +422,48 @@ class GGUFSource(ModelSource):
         return config
 
     def read(self, name: str):
+        """The tensor in bfloat16 (the dtype of the reference models built from GGUF files),
+        dequantized a block of rows at a time so a large tensor never exists twice in fp32."""
         import mlx.core as mx
+
+        info = self.info(name)
+        data = self._by_hf[name].data
+        whole = len(info.shape) < 2 or self._needs_whole(name)
+        if whole or int(np.prod(info.shape)) <= _GGUF_CHUNK:
+            w = self._dequantize(name, data).reshape(info.shape)
+            return mx.array(self._to_hf_layout(name, w)).astype(mx.bfloat16)
+        rows = info.shape[0]
+        step = max(1, _GGUF_CHUNK // int(np.prod(info.shape[1:])))
+        data = data.reshape(rows, -1)
+        parts = []
+        for r in range(0, rows, step):
+            block = self._dequantize(name, data[r : r + step]).reshape(-1, *info.shape[1:])
+            parts.append(mx.array(block).astype(mx.bfloat16))
+            mx.eval(parts[-1])
+        return mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+    def _needs_whole(self, name: str) -> bool:
+        """Layout fixes that mix rows (llama's Q/K permutation) need the whole tensor."""
+        return self.arch in ("llama", "mistral") and name.endswith(
+            ("self_attn.q_proj.weight", "self_attn.k_proj.weight")
+        )
+
+    def _dequantize(self, name: str, data: np.ndarray) -> np.ndarray:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
-        info = self.info(name)
-        t = self._by_hf[name]
-        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            w = np.asarray(t.data, dtype=np.float32)
-        elif t.tensor_type == GGMLQuantizationType.BF16:
-            w = (np.asarray(t.data).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-        else:
-            try:
-                w = dequantize(t.data, t.tensor_type)
-            except NotImplementedError:
-                raise SourceError(
-                    f"{self.path}: tensor {t.name} has GGUF type {t.tensor_type.name}, "
-                    "which the gguf package cannot dequantize"
-                ) from None
-        w = w.reshape(info.shape)
-        w = self._to_hf_layout(name, w)
-        return mx.array(w)
+        kind = self._by_hf[name].tensor_type
+        if kind in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            return np.asarray(data, dtype=np.float32)
+        if kind == GGMLQuantizationType.BF16:
+            return (np.asarray(data).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        try:
+            return dequantize(data, kind)
+        except NotImplementedError:
+            raise SourceError(
+                f"{self.path}: tensor {self._by_hf[name].name} has GGUF type {kind.name}, "
+                "which the gguf package cannot dequantize"
+            ) from None
 
     def raw_bytes(self, name: str) -> memoryview:
         self.info(name)

@@ -1,10 +1,10 @@
 """Driver of the Metal emulation: builds a .metal source with clang as C++ against
 metal_emu.h, and runs its kernel instantiations over a grid on numpy buffers.
 
-Every buffer travels with 256 guard bytes on each side, filled with 0xFF (a NaN for
-floats, the largest code for packed words): a kernel that reads past a buffer sees
-poison, one that writes past it is reported. Output buffers start as the same
-poison, so an element a kernel forgets to write is visible too.
+Every buffer travels with 256 guard bytes on each side, filled with 0x7F (3.4e38 as
+float32 and bfloat16, NaN as float16, arbitrary codes in packed words): a kernel that
+reads past a buffer computes garbage, one that writes past it is reported. Output
+buffers start as 0xFF bytes (NaN), so an element a kernel forgets to write shows.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -26,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 METAL_DIR = ROOT / "metal"
 GUARD = 256
+GUARD_BYTE = 0x7F
 POISON = 0xFF
 
 # Orders in which the threads of a threadgroup take turns (see metal_emu.h).
@@ -102,7 +104,7 @@ def kernel_signatures(source: str) -> dict[str, list[tuple[str, int]]]:
 
 
 def _translation_unit(source_path: Path, source: str) -> str:
-    lines = [f'#include "{source_path}"', ""]
+    lines = ['#include "jang_emu_plan.h"', f'#include "{source_path}"', ""]
     for name, binds in kernel_signatures(source).items():
         # Bind values by number: `threadgroup` is a macro once the shader is included.
         items = ", ".join(
@@ -118,11 +120,13 @@ def _compile_command(compiler: str, tu: Path, lib: Path) -> list[str]:
     return [
         compiler,
         "-std=c++20",
-        "-O1",
+        "-O0",
         "-fPIC",
         "-shared",
         "-pthread",
         "-ffp-contract=off",
+        "-fvisibility=hidden",
+        "-fvisibility-inlines-hidden",
         "-Wall",
         "-Wextra",
         "-Werror",
@@ -131,6 +135,7 @@ def _compile_command(compiler: str, tu: Path, lib: Path) -> list[str]:
         "-Wno-deprecated-volatile",
         "-DJANG_EMU_MAIN",
         f"-I{HERE / 'include'}",
+        f"-I{HERE}",
         f"-I{ROOT / 'csrc'}",
         f"-I{METAL_DIR}",
         "-x",
@@ -174,12 +179,12 @@ class Library:
         pointers = (ctypes.c_void_p * max(1, len(buffers)))()
         for i, a in enumerate(buffers):
             assert a.flags.c_contiguous, f"buffer {i} must be C-contiguous"
-            raw = np.full(a.nbytes + 2 * GUARD, POISON, np.uint8)
+            raw = np.full(a.nbytes + 2 * GUARD, GUARD_BYTE, np.uint8)
             raw[GUARD : GUARD + a.nbytes] = a.reshape(-1).view(np.uint8)
             padded.append(raw)
             pointers[i] = raw.ctypes.data + GUARD
-        g = (ctypes.c_uint * 3)(*(list(groups) + [1, 1])[:3])
-        t = (ctypes.c_uint * 3)(*(list(threads) + [1, 1])[:3])
+        g = (ctypes.c_uint * 3)(*[*groups, 1, 1][:3])
+        t = (ctypes.c_uint * 3)(*[*threads, 1, 1][:3])
         tg = (ctypes.c_ulong * max(1, len(threadgroup_bytes)))(*threadgroup_bytes)
         err = ctypes.create_string_buffer(4096)
         rc = self.lib.jang_emu_launch(
@@ -199,9 +204,42 @@ class Library:
             raise EmulationError(f"{name}: {err.value.decode()}")
         for i, (a, raw) in enumerate(zip(buffers, padded, strict=True)):
             guards = np.concatenate([raw[:GUARD], raw[GUARD + a.nbytes :]])
-            if np.any(guards != POISON):
+            if np.any(guards != GUARD_BYTE):
                 raise EmulationError(f"{name}: out-of-bounds write around buffer({i})")
             a.reshape(-1).view(np.uint8)[:] = raw[GUARD : GUARD + a.nbytes]
+
+
+class Dispatch(ctypes.Structure):
+    """metal/plan.h's Dispatch: kernel name, grid, threadgroup size and memory."""
+
+    _fields_: ClassVar = [
+        ("kernel", ctypes.c_char * 96),
+        ("groups", ctypes.c_uint * 3),
+        ("threads", ctypes.c_uint * 3),
+        ("threadgroup_bytes", ctypes.c_ulong * 2),
+    ]
+
+    def launch_args(self) -> dict:
+        tg = [b for b in self.threadgroup_bytes if b]
+        return {
+            "name": self.kernel.decode(),
+            "groups": list(self.groups),
+            "threads": list(self.threads),
+            "threadgroup_bytes": tg,
+        }
+
+
+DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
+
+
+def plan(lib: Library, op: str, *args: int) -> Dispatch:
+    """The host's launch plan for `op` (jang_emu_plan_<op> in jang_emu_plan.h)."""
+    d = Dispatch()
+    fn = getattr(lib.lib, f"jang_emu_plan_{op}")
+    ints = 2 if op == "dequantize" else 3  # leading int arguments, then int64 sizes
+    c_args = [ctypes.c_int(a) for a in args[:ints]] + [ctypes.c_long(a) for a in args[ints:]]
+    fn(*c_args, ctypes.byref(d))
+    return d
 
 
 def build(sources: Sequence[Path], cache: Path) -> dict[str, Library]:
@@ -211,9 +249,7 @@ def build(sources: Sequence[Path], cache: Path) -> dict[str, Library]:
     if compiler is None:
         raise RuntimeError("clang++ not found")
     cache.mkdir(parents=True, exist_ok=True)
-    deps = sorted(
-        [*METAL_DIR.glob("*.h"), HERE / "metal_emu.h", ROOT / "csrc" / "jang" / "affine.h"]
-    )
+    deps = sorted([*METAL_DIR.glob("*.h"), *HERE.glob("*.h"), ROOT / "csrc" / "jang" / "affine.h"])
 
     def one(src: Path) -> tuple[str, Library]:
         source = src.read_text()

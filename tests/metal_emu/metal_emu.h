@@ -691,16 +691,20 @@ inline T simd_shuffle_xor(T v, ushort mask) {
   static ::jang_emu::Register JANG_EMU_CAT(jang_emu_reg_, __COUNTER__)(        \
       name, #func, &func<__VA_ARGS__>);
 
-// Entry points for the driver (ctypes).
+// Entry points for the driver (ctypes). Everything else is compiled with
+// hidden visibility, so that each shader library (and each broken test copy)
+// keeps its own kernel registry even when several are loaded at once.
+#define JANG_EMU_EXPORT __attribute__((visibility("default")))
+
 extern "C" {
 
 // Host names of every kernel instantiation in this library, '\n'-separated.
-int jang_emu_kernel_names(char* out, int capacity);
+JANG_EMU_EXPORT int jang_emu_kernel_names(char* out, int capacity);
 
 // Run kernel `name` over `groups` threadgroups of `tg` threads. `order`: 0
 // ascending thread index, 1 descending, 2 shuffled with `seed`. Returns 0 or
 // writes an error message and returns 1.
-int jang_emu_launch(
+JANG_EMU_EXPORT int jang_emu_launch(
     const char* name,
     void** buffers,
     int nbuffers,

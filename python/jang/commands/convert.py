@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--calib-samples", type=int, default=128, help="calibration windows (gptq)")
     parser.add_argument("--calib-seq-len", type=int, default=512, help="tokens per window (gptq)")
+    parser.add_argument(
+        "--debias",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rescale each row to undo the shrinkage of MSE rounding (default: on for clip)",
+    )
     parser.add_argument("--plan", type=Path, help="use this plan JSON (from `jang plan`) as is")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     out = parser.add_mutually_exclusive_group()
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             plan=plan,
             n_samples=args.calib_samples,
+            debias=args.debias,
             seq_len=args.calib_seq_len,
             progress=mode,
             log=say,

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
 
 from jang.quant import cpu_forward
 from jang.quant.gptq import Hessian, default_backend, gptq_quantize
@@ -181,6 +182,22 @@ class _LayerDriver:
         return self.hessian
 
 
+@contextlib.contextmanager
+def _float32(layer: nn.Module, keep: list[str]) -> Iterator[None]:
+    """Run `layer` in float32 (faster and more exact on the CPU) except the modules in
+    `keep`, whose weights are the ones being quantized and keep their dtype."""
+    originals = [
+        (path, a)
+        for path, a in tree_flatten(layer.parameters())
+        if a.dtype in (mx.float16, mx.bfloat16) and not any(path.startswith(k + ".") for k in keep)
+    ]
+    layer.update(tree_unflatten([(p, a.astype(mx.float32)) for p, a in originals]))
+    try:
+        yield
+    finally:
+        layer.update(tree_unflatten(originals))
+
+
 def _batches(tokens, batch_size: int) -> list[mx.array]:
     tokens = mx.array(tokens)
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
@@ -203,7 +220,7 @@ def _capture(model: nn.Module, layers: list, batches: list[mx.array]):
                 pass
             else:
                 raise QuantizationError("the model never reached its last decoder layer")
-            h = records[0][0]
+            h = records[0][0].astype(mx.float32)
             mx.eval(h)
             captured.append((h, [r[-1] for r in records]))
     finally:
@@ -299,7 +316,7 @@ def gptq_model(
             driver = _LayerDriver(layer, use_numpy)
             planned = {n: plan[lp + n] for n in driver.names if lp + n in plan}
             batch_args = [(hs[b], *captured[b][1][li]) for b in range(len(batches))]
-            with driver.installed():
+            with _float32(layer, driver.names), driver.installed():
                 if planned:
                     stages = driver.stages(*batch_args[0])
                     for end, names in stages:
