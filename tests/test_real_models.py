@@ -73,5 +73,5 @@ def test_greedy_generation_is_coherent(bundle):
     from mlx_lm import generate
 
     m, tok = jang.load(out)
-    text = generate(m, tok, "The capital of France is", max_tokens=8)
+    text = generate(m, tok, "The Eiffel Tower is located in the city of", max_tokens=8)
     assert "Paris" in text, text

@@ -4,6 +4,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 
 import jang.quant.sequential as seq
@@ -29,11 +30,16 @@ ARGS = llama.ModelArgs(
 )
 
 
-def tiny_model(seed=0):
+def tiny_model(seed=0, dtype=mx.float32):
     mx.random.seed(seed)
     model = llama.Model(ARGS)
+    model.set_dtype(dtype)
     mx.eval(model.parameters())
     return model
+
+
+def dtypes(model):
+    return {k: v.dtype for k, v in tree_flatten(model.parameters())}
 
 
 def linears(model):
@@ -136,7 +142,8 @@ def test_hessians_see_the_quantized_sublayers(tokens, monkeypatch):
 
 
 def test_partial_plan_and_replace_false(tokens):
-    model = tiny_model()
+    model = tiny_model(dtype=mx.float16)
+    types = dtypes(model)
     before = {n: np.array(m.weight) for n, m in model.named_modules() if type(m) is nn.Linear}
     embed_before = np.array(model.model.embed_tokens.weight)
     plan = {"model.layers.1.mlp.down_proj": (4, 64), "model.embed_tokens": (6, 64)}
@@ -146,6 +153,8 @@ def test_partial_plan_and_replace_false(tokens):
     for n, w in before.items():  # the model is left as it was
         np.testing.assert_array_equal(np.array(dict(model.named_modules())[n].weight), w)
     np.testing.assert_array_equal(np.array(model.model.embed_tokens.weight), embed_before)
+    assert dtypes(model) == types  # float32 only while calibrating
+    assert all(q[1].dtype == mx.float16 for q in results.values())
 
     results = gptq_model(model, plan, tokens)
     assert isinstance(model.model.embed_tokens, nn.QuantizedEmbedding)
@@ -165,6 +174,10 @@ def test_mlx_backend_agrees(tokens):
 
 
 def test_activation_importance(tokens):
+    half = tiny_model(dtype=mx.bfloat16)
+    types = dtypes(half)
+    imp16 = activation_importance(half, tokens)
+    assert dtypes(half) == types
     model = tiny_model()
     imp = activation_importance(model, tokens, batch_size=3)
     assert set(imp) == set(linears(model))
@@ -178,9 +191,9 @@ def test_activation_importance(tokens):
 
     model.model.layers[1].self_attn.q_proj = Spy()
     model(tokens)
-    np.testing.assert_allclose(
-        imp["model.layers.1.self_attn.q_proj"], (inputs[0] ** 2).sum(0), rtol=1e-4
-    )
+    expected = (inputs[0] ** 2).sum(0)
+    np.testing.assert_allclose(imp["model.layers.1.self_attn.q_proj"], expected, rtol=1e-4)
+    np.testing.assert_allclose(imp16["model.layers.1.self_attn.q_proj"], expected, rtol=0.1)
 
 
 @pytest.mark.parametrize(

@@ -382,8 +382,9 @@ def activation_importance(
 ) -> dict[str, np.ndarray]:
     """``{path: diag(X^T X)}`` (float32, one value per input channel) for every Linear.
 
-    One forward pass of the float model over the calibration tokens; the result is the
-    `importance` argument of the clip search (`quantize_tensor(..., importance=...)`).
+    One forward pass of the float model over the calibration tokens (activations in
+    float32); the result is the `importance` argument of the clip search
+    (`quantize_tensor(..., importance=...)`).
     """
     backend = backend or default_backend()
     stats = _SquareSums(backend == "numpy")
@@ -399,7 +400,7 @@ def activation_importance(
             _set(model, n, tap)
         if not tail:
             layers[-1] = _StopAfter(last)
-        with attention:
+        with attention, _float32(model, names):
             for batch in _batches(tokens, batch_size):
                 try:
                     mx.eval(model(batch))
