@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--eval-windows", type=int, default=16)
     ap.add_argument("--mlx-lm", type=int, default=0, metavar="N")
+    ap.add_argument("--methods", nargs="+", default=["rtn", "clip", "clip+importance", "gptq"])
     args = ap.parse_args()
     gs = args.group_size
 
@@ -116,22 +117,28 @@ def main() -> None:
     )
 
     print(f"float16 perplexity {perplexity(load_model(src), windows):.3f}\n", flush=True)
-    t = time.perf_counter()
-    importance = activation_importance(load_model(src), calib)
-    t_imp = time.perf_counter() - t
+    importance, t_imp = None, 0.0
+    if "clip+importance" in args.methods:
+        t = time.perf_counter()
+        importance = activation_importance(load_model(src), calib)
+        t_imp = time.perf_counter() - t
     print("| bits | method | perplexity | quantize time (s) |")
     print("|---|---|---|---|")
     for bits in args.bits:
-        for label, imp in (("rtn", None), ("clip", None), ("clip + importance", importance)):
+        for label, imp in (("rtn", None), ("clip", None), ("clip+importance", importance)):
+            if label not in args.methods:
+                continue
             model = load_model(src)
             t = time.perf_counter()
-            fake_quantize(model, label.split()[0], bits, gs, imp)
+            fake_quantize(model, label.split("+")[0], bits, gs, imp)
             dt = time.perf_counter() - t
             extra = f" + {t_imp:.1f}" if imp else ""
             print(
                 f"| {bits} | {label} | {perplexity(model, windows):.3f} | {dt:.1f}{extra} |",
                 flush=True,
             )
+        if "gptq" not in args.methods:
+            continue
         model = load_model(src)
         plan = {n: (bits, gs) for n in linears(model)}
         t = time.perf_counter()
