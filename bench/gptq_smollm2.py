@@ -1,18 +1,20 @@
 """End-to-end GPTQ of SmolLM2-135M on CPU: time, and perplexity against RTN and clip.
 
     python bench/gptq_smollm2.py [--samples 128] [--seq-len 512] [--bits 4 3]
-                                 [--eval-windows 16] [--mlx-lm N]
+                                 [--eval-windows 16] [--methods rtn clip clip+importance gptq]
+                                 [--mlx-lm N]
 
 The model is the SmolLM2-135M-Instruct GGUF prepared by ``jang data smollm2`` (read with
 ``jang.source``, weights cast to float16), the text ``~/.cache/jang/wiki/wiki.txt``: its
 first 80% gives the calibration windows, its last 20% the evaluation windows. Every
 Linear of the decoder layers is quantized to `--bits` with group size 64 by RTN
-(``mx.quantize``), clip (without and with the activation importance diag(X^T X) of the
-calibration windows) and GPTQ (``jang.quant.gptq_model``), and the perplexity of each
-model on the evaluation windows is printed next to the float model's. Quantize times
-for clip + importance add the one forward pass that collects the importance.
-``--mlx-lm N`` also times mlx-lm's own GPTQ (``mlx_lm.quant.gptq``, 4 bits) and ours on N
-calibration samples, in the same run (mlx-lm computes its Hessians with MLX matmuls).
+(bit-identical to ``mx.quantize``), clip (without and with the activation importance
+diag(X^T X) of the calibration windows) and GPTQ (``jang.quant.gptq_model``), and the
+perplexity of each model on the evaluation windows is printed next to the float
+model's. Quantize times for clip + importance add the one forward pass that collects
+the importance. ``--mlx-lm N`` also times mlx-lm's own GPTQ (``mlx_lm.quant.gptq``, 4
+bits) and ours on N calibration samples, in the same run (mlx-lm computes its Hessians
+with MLX matmuls).
 """
 
 from __future__ import annotations
