@@ -86,28 +86,118 @@ qmatmul(int bits, Dtype x_type, Dtype s_type, int64_t m, int64_t n) {
   return d;
 }
 
+// ------------------------------------------- gathered and sorted paths -----
+
+// Whether `rows` rows over `experts` experts take the sorted path (group the
+// rows by expert, then tiles) rather than the gathered one (one row per grid
+// row). Sorted once there are at least kSortedMinRows rows and one row per
+// expert on average: below that most experts serve a single row, and both
+// paths read the same weights.
+inline bool use_sorted(int64_t rows, int64_t experts) {
+  return rows >= kSortedMinRows && rows >= experts;
+}
+
+// jang_moe_route: groups routing entries into experts + 1 buckets (the last
+// one for out-of-range ids), one SIMD group per bucket. Its outputs are the
+// offsets (experts + 2 uint32) and the permutation (one uint32 per entry).
+inline Dispatch moe_route(int64_t experts) {
+  Dispatch d{};
+  std::snprintf(d.kernel, sizeof(d.kernel), "jang_moe_route");
+  d.groups[0] = ceil_div(experts + 1, kRouteSimdGroups);
+  d.groups[1] = d.groups[2] = 1;
+  d.threads[0] = 32 * kRouteSimdGroups;
+  d.threads[1] = d.threads[2] = 1;
+  return d;
+}
+
+// A sorted kernel over the rows of `entries` routing entries, `m` rows each,
+// and `n` output columns: row tiles as params.h's sorted_tile_start lays them
+// out, kQmmBN columns per threadgroup.
+inline void sorted_tiles(
+    Dispatch& d,
+    int64_t entries,
+    int64_t m,
+    int64_t n,
+    int64_t experts,
+    int staged_weight_tiles) {
+  d.groups[0] = ceil_div(n, kQmmBN);
+  d.groups[1] = sorted_tile_start(
+      static_cast<unsigned>(entries),
+      static_cast<unsigned>(m),
+      static_cast<unsigned>(experts + 1));
+  d.groups[2] = 1;
+  d.threads[0] = kQmmThreads;
+  d.threads[1] = d.threads[2] = 1;
+  d.threadgroup_bytes[0] = kQmmBM * kQmmBK * sizeof(float);
+  d.threadgroup_bytes[1] =
+      staged_weight_tiles * kQmmBN * kQmmBK * sizeof(float);
+}
+
+// ---------------------------------------------------------- gather_qmm -----
+
+// `entries` batch entries of `m` rows each against (experts, n, k) weights;
+// types as for qmatmul. Sorted: run moe_route over the rhs indices first.
+inline Dispatch gather_qmm(
+    int bits,
+    Dtype x_type,
+    Dtype s_type,
+    int64_t entries,
+    int64_t m,
+    int64_t n,
+    int64_t experts) {
+  Dispatch d{};
+  const bool sorted = use_sorted(entries * m, experts);
+  std::snprintf(
+      d.kernel,
+      sizeof(d.kernel),
+      "jang_gather_%s_%s_%s_b%d",
+      sorted ? "qmm" : "qmv",
+      dtype_name(x_type),
+      dtype_name(s_type),
+      bits);
+  if (sorted) {
+    sorted_tiles(d, entries, m, n, experts, 1);
+  } else {
+    d.groups[0] = ceil_div(n, kQmvSimdGroups * qmv_rows(1));
+    d.groups[1] = static_cast<unsigned>(entries * m);
+    d.groups[2] = 1;
+    d.threads[0] = 32 * kQmvSimdGroups;
+    d.threads[1] = d.threads[2] = 1;
+  }
+  return d;
+}
+
 // --------------------------------------------------------- moe_gate_up -----
 
-// One (token, expert slot) per grid row.
+// `token_slots` (token, expert slot) rows, `hidden` outputs each, `experts`
+// experts. Gathered: one slot per grid row. Sorted: run moe_route over the
+// expert ids first.
 inline Dispatch moe_gate_up(
     int gate_bits,
     int up_bits,
     Dtype x_type,
     int64_t token_slots,
-    int64_t hidden) {
+    int64_t hidden,
+    int64_t experts) {
   Dispatch d{};
+  const bool sorted = use_sorted(token_slots, experts);
   std::snprintf(
       d.kernel,
       sizeof(d.kernel),
-      "jang_moe_gate_up_%s_g%d_u%d",
+      "jang_moe_gate_up_%s%s_g%d_u%d",
+      sorted ? "sorted_" : "",
       dtype_name(x_type),
       gate_bits,
       up_bits);
-  d.groups[0] = ceil_div(hidden, kMoeSimdGroups * kMoeRows);
-  d.groups[1] = static_cast<unsigned>(token_slots);
-  d.groups[2] = 1;
-  d.threads[0] = 32 * kMoeSimdGroups;
-  d.threads[1] = d.threads[2] = 1;
+  if (sorted) {
+    sorted_tiles(d, token_slots, 1, hidden, experts, 2); // gate and up tiles
+  } else {
+    d.groups[0] = ceil_div(hidden, kMoeSimdGroups * kMoeRows);
+    d.groups[1] = static_cast<unsigned>(token_slots);
+    d.groups[2] = 1;
+    d.threads[0] = 32 * kMoeSimdGroups;
+    d.threads[1] = d.threads[2] = 1;
+  }
   return d;
 }
 

@@ -10,7 +10,9 @@
 //
 // jang_qmm (M > 16): 32 x 32 output tiles; per K step of 32 the threadgroup
 // stages the activation tile and the dequantized weight tile in threadgroup
-// memory, then each thread accumulates one row by 8 columns.
+// memory, then its four SIMD groups multiply them with simdgroup matrices
+// (metal_kernels::TileMma), 16 x 16 outputs each; each thread then writes one
+// row by 8 columns of the tile.
 //
 // Activations and outputs are T (the host casts x to the output type); scales
 // and biases are S. Rows are contiguous; K is a multiple of the group size.
@@ -116,7 +118,8 @@ template <typename T, typename S, int BITS>
     threadgroup float* xs [[threadgroup(0)]],
     threadgroup float* ws [[threadgroup(1)]],
     uint3 tgid [[threadgroup_position_in_grid]],
-    uint tid [[thread_index_in_threadgroup]]) {
+    uint tid [[thread_index_in_threadgroup]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]]) {
   constexpr int BM = kQmmBM;
   constexpr int BN = kQmmBN;
   constexpr int BK = kQmmBK;
@@ -136,11 +139,8 @@ template <typename T, typename S, int BITS>
   const int wc = (tid % (BK / CODES)) * CODES;
   const int64_t wrow = min(n0 + wr, N - 1);
 
-  float acc[TN];
-#pragma clang loop unroll(full)
-  for (int j = 0; j < TN; ++j) {
-    acc[j] = 0.0f;
-  }
+  static_assert(BM * BN <= BM * BK, "the output tile fits in xs");
+  metal_kernels::TileMma mma(simd_gid);
 
   for (int k0 = 0; k0 < K; k0 += BK) {
 #pragma clang loop unroll(full)
@@ -166,22 +166,20 @@ template <typename T, typename S, int BITS>
       }
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    for (int kk = 0; kk < BK; ++kk) {
-      const float a = xs[tm * BK + kk];
-#pragma clang loop unroll(full)
-      for (int j = 0; j < TN; ++j) {
-        acc[j] += a * ws[(tn + j) * BK + kk];
-      }
-    }
+    mma.multiply(xs, ws);
     threadgroup_barrier(mem_flags::mem_threadgroup);
   }
 
+  // The product goes through threadgroup memory (free after the last
+  // barrier) to the threads that write it out.
+  mma.store(xs);
+  threadgroup_barrier(mem_flags::mem_threadgroup);
   if (m0 + tm < M) {
 #pragma clang loop unroll(full)
     for (int j = 0; j < TN; ++j) {
       if (n0 + tn + j < N) {
         out[static_cast<int64_t>(m0 + tm) * N + n0 + tn + j] =
-            static_cast<T>(acc[j]);
+            static_cast<T>(xs[tm * BN + tn + j]);
       }
     }
   }

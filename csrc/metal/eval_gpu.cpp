@@ -9,8 +9,10 @@
 
 #include <dlfcn.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "mlx/allocator.h"
 #include "mlx/backend/gpu/copy.h"
@@ -69,7 +71,9 @@ mx::array prepared(const mx::array& a, mx::Dtype t, const mx::Stream& s) {
   return out;
 }
 
-void dispatch(
+// Selects the plan's kernel and threadgroup memory on `enc`; the caller then
+// sets the kernel's arguments and calls launch().
+void use_kernel(
     mx::metal::CommandEncoder& enc,
     const plan::Dispatch& p,
     const mx::Stream& s) {
@@ -79,9 +83,50 @@ void dispatch(
       enc.set_threadgroup_memory_length(p.threadgroup_bytes[i], i);
     }
   }
+}
+
+void launch(mx::metal::CommandEncoder& enc, const plan::Dispatch& p) {
   enc.dispatch_threadgroups(
       MTL::Size(p.groups[0], p.groups[1], p.groups[2]),
       MTL::Size(p.threads[0], p.threads[1], p.threads[2]));
+}
+
+// A buffer for intermediate results, released with the command buffer.
+mx::array temporary(mx::metal::CommandEncoder& enc, int64_t size, mx::Dtype t) {
+  mx::array a({static_cast<int>(size)}, t, nullptr, {});
+  a.set_data(mx::allocator::malloc(a.nbytes()));
+  enc.add_temporary(a);
+  return a;
+}
+
+// The sorted paths' routing (jang_moe_route): groups the uint32 `ids` into
+// buckets 0 .. experts (the last for out-of-range ids). Returns the offsets
+// (experts + 2) and the permutation (one per id), which the sorted kernel
+// encoded next reads (the encoder orders the two dispatches).
+std::pair<mx::array, mx::array> route(
+    mx::metal::CommandEncoder& enc,
+    const mx::array& ids,
+    int experts,
+    const mx::Stream& s) {
+  auto offsets = temporary(enc, experts + 2, mx::uint32);
+  auto perm = temporary(enc, ids.size(), mx::uint32);
+  const int n = static_cast<int>(ids.size());
+  const auto p = plan::moe_route(experts);
+  use_kernel(enc, p, s);
+  enc.set_input_array(ids, 0);
+  enc.set_output_array(offsets, 1);
+  enc.set_output_array(perm, 2);
+  enc.set_bytes(n, 3);
+  enc.set_bytes(experts, 4);
+  launch(enc, p);
+  return {offsets, perm};
+}
+
+// The scales' type of a quantized matmul with output type `out`: scales stay
+// in their type when it is the output's, or 16-bit under an fp32 output (the
+// kernels have those pairs); any other mix is computed in the output type.
+mx::Dtype scale_type(mx::Dtype scales, mx::Dtype out) {
+  return scales == out || out == mx::float32 ? scales : out;
 }
 
 int codes_per_pack(int bits) {
@@ -118,15 +163,16 @@ void Dequantize::eval_gpu(
   const int row_len = out.shape(-1);
   const int64_t rows = out.size() / row_len;
   const int ppr = row_len / codes_per_pack(bits_);
-  auto p = plan::dequantize(bits_, to_plan(t), rows, ppr);
+  const auto p = plan::dequantize(bits_, to_plan(t), rows, ppr);
   auto& enc = mx::metal::get_command_encoder(s);
+  use_kernel(enc, p, s);
   enc.set_input_array(w, 0);
   enc.set_input_array(scales, 1);
   enc.set_input_array(biases, 2);
   enc.set_output_array(out, 3);
   enc.set_bytes(ppr, 4);
   enc.set_bytes(group_size_, 5);
-  dispatch(enc, p, s);
+  launch(enc, p);
 }
 
 void QMatmul::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
@@ -136,10 +182,7 @@ void QMatmul::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
     return;
   }
   const auto t = out.dtype(); // promote_types(x, scales)
-  // Scales stay in their type; an fp32 output with 16-bit scales has its own
-  // kernels, any other mix is computed in the output type.
-  const auto st = inputs[2].dtype() == t || t == mx::float32 ? inputs[2].dtype()
-                                                              : t;
+  const auto st = scale_type(inputs[2].dtype(), t);
   auto x = prepared(inputs[0], t, s);
   auto w = prepared(inputs[1], mx::uint32, s);
   auto scales = prepared(inputs[2], st, s);
@@ -147,8 +190,9 @@ void QMatmul::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const int k = x.shape(-1);
   const int n = out.shape(-1);
   const int m = static_cast<int>(x.size() / k);
-  auto p = plan::qmatmul(bits_, to_plan(t), to_plan(st), m, n);
+  const auto p = plan::qmatmul(bits_, to_plan(t), to_plan(st), m, n);
   auto& enc = mx::metal::get_command_encoder(s);
+  use_kernel(enc, p, s);
   enc.set_input_array(x, 0);
   enc.set_input_array(w, 1);
   enc.set_input_array(scales, 2);
@@ -158,15 +202,65 @@ void QMatmul::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   enc.set_bytes(n, 6);
   enc.set_bytes(k, 7);
   enc.set_bytes(group_size_, 8);
-  dispatch(enc, p, s);
+  launch(enc, p);
 }
 
-void GatherQMM::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  throw std::runtime_error(
-      "[jang.gather_qmm] no Metal kernel yet; run it on the CPU "
-      "(stream=mx.cpu)");
+// Inputs {x (bx, m, k), w (experts, n, .), scales, biases, lhs, rhs}; lhs and
+// rhs share the batch shape. Few rows: jang_gather_qmv, one grid row per
+// output row. Many rows: route the batch entries by rhs, then
+// jang_gather_qmm over each expert's rows (plan::use_sorted decides).
+void GatherQMM::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  const auto& s = stream();
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  if (out.size() == 0) {
+    return;
+  }
+  const auto t = out.dtype(); // promote_types(x, scales)
+  const auto st = scale_type(inputs[2].dtype(), t);
+  auto x = prepared(inputs[0], t, s);
+  auto w = prepared(inputs[1], mx::uint32, s);
+  auto scales = prepared(inputs[2], st, s);
+  auto biases = prepared(inputs[3], st, s);
+  auto lhs = prepared(inputs[4], mx::uint32, s);
+  auto rhs = prepared(inputs[5], mx::uint32, s);
+  const int bx = x.shape(0);
+  const int m = x.shape(1);
+  const int k = x.shape(2);
+  const int experts = w.shape(0);
+  const int n = w.shape(1);
+  const int64_t entries = lhs.size();
+  const auto p =
+      plan::gather_qmm(bits_, to_plan(t), to_plan(st), entries, m, n, experts);
+  auto& enc = mx::metal::get_command_encoder(s);
+  const bool sorted = plan::use_sorted(entries * m, experts);
+  std::optional<std::pair<mx::array, mx::array>> routed;
+  if (sorted) {
+    routed = route(enc, rhs, experts, s);
+  }
+  use_kernel(enc, p, s);
+  enc.set_input_array(x, 0);
+  enc.set_input_array(w, 1);
+  enc.set_input_array(scales, 2);
+  enc.set_input_array(biases, 3);
+  enc.set_output_array(out, 4);
+  enc.set_bytes(m, 5);
+  enc.set_bytes(n, 6);
+  enc.set_bytes(k, 7);
+  enc.set_bytes(group_size_, 8);
+  enc.set_input_array(lhs, 9);
+  enc.set_input_array(sorted ? routed->second : rhs, 10);
+  enc.set_bytes(bx, 11);
+  enc.set_bytes(experts, 12);
+  if (sorted) {
+    enc.set_input_array(routed->first, 13);
+  }
+  launch(enc, p);
 }
 
+// Inputs {x (t, k), gate_w, gate_scales, gate_biases, up_w, up_scales,
+// up_biases, ids (t, top_k)}. Few (token, slot) rows: jang_moe_gate_up, one
+// grid row per slot. Many (prefill): route the slots by expert, then
+// jang_moe_gate_up_sorted over each expert's slots (plan::use_sorted decides).
 void MoeGateUp::eval_gpu(
     const std::vector<mx::array>& inputs,
     mx::array& out) {
@@ -185,12 +279,19 @@ void MoeGateUp::eval_gpu(
   const int k = x.shape(-1);
   const int hidden = out.shape(-1);
   const int top_k = ids.shape(-1);
-  const int experts = static_cast<int>(inputs[2].size() / inputs[2].shape(-1) / hidden);
+  const int experts = inputs[1].shape(0);
   const int64_t slots = ids.size();
-  auto p = plan::moe_gate_up(gate_bits_, up_bits_, to_plan(t), slots, hidden);
+  const auto p = plan::moe_gate_up(
+      gate_bits_, up_bits_, to_plan(t), slots, hidden, experts);
   auto& enc = mx::metal::get_command_encoder(s);
+  const bool sorted = plan::use_sorted(slots, experts);
+  std::optional<std::pair<mx::array, mx::array>> routed;
+  if (sorted) {
+    routed = route(enc, ids, experts, s);
+  }
+  use_kernel(enc, p, s);
   enc.set_input_array(x, 0);
-  enc.set_input_array(ids, 1);
+  enc.set_input_array(sorted ? routed->second : ids, 1);
   for (int i = 0; i < 6; ++i) {
     enc.set_input_array(q[i], 2 + i);
   }
@@ -201,7 +302,10 @@ void MoeGateUp::eval_gpu(
   enc.set_bytes(k, 12);
   enc.set_bytes(gate_group_size_, 13);
   enc.set_bytes(up_group_size_, 14);
-  dispatch(enc, p, s);
+  if (sorted) {
+    enc.set_input_array(routed->first, 15);
+  }
+  launch(enc, p);
 }
 
 } // namespace jang

@@ -230,16 +230,23 @@ class Dispatch(ctypes.Structure):
 
 
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
+# How many leading int arguments (bits, dtype codes) each plan function takes.
+_PLAN_INTS = {"dequantize": 2, "qmatmul": 3, "gather_qmm": 3, "moe_gate_up": 3, "moe_route": 0}
 
 
 def plan(lib: Library, op: str, *args: int) -> Dispatch:
     """The host's launch plan for `op` (jang_emu_plan_<op> in jang_emu_plan.h)."""
     d = Dispatch()
     fn = getattr(lib.lib, f"jang_emu_plan_{op}")
-    ints = 2 if op == "dequantize" else 3  # leading int arguments, then int64 sizes
+    ints = _PLAN_INTS[op]  # leading int arguments, then int64 sizes
     c_args = [ctypes.c_int(a) for a in args[:ints]] + [ctypes.c_long(a) for a in args[ints:]]
     fn(*c_args, ctypes.byref(d))
     return d
+
+
+def use_sorted(lib: Library, rows: int, experts: int) -> bool:
+    """The host's choice between the gathered and the sorted MoE paths."""
+    return bool(lib.lib.jang_emu_plan_use_sorted(ctypes.c_long(rows), ctypes.c_long(experts)))
 
 
 def build(sources: Sequence[Path], cache: Path) -> dict[str, Library]:

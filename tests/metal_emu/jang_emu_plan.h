@@ -37,12 +37,43 @@ __attribute__((visibility("default"))) void jang_emu_plan_moe_gate_up(
     int x_type,
     long token_slots,
     long hidden,
+    long experts,
     jang::metal_plan::Dispatch* d) {
   *d = jang::metal_plan::moe_gate_up(
       gate_bits,
       up_bits,
       static_cast<jang::metal_plan::Dtype>(x_type),
       token_slots,
-      hidden);
+      hidden,
+      experts);
+}
+
+__attribute__((visibility("default"))) void jang_emu_plan_gather_qmm(
+    int bits,
+    int x_type,
+    int s_type,
+    long entries,
+    long m,
+    long n,
+    long experts,
+    jang::metal_plan::Dispatch* d) {
+  *d = jang::metal_plan::gather_qmm(
+      bits,
+      static_cast<jang::metal_plan::Dtype>(x_type),
+      static_cast<jang::metal_plan::Dtype>(s_type),
+      entries,
+      m,
+      n,
+      experts);
+}
+
+__attribute__((visibility("default"))) void
+jang_emu_plan_moe_route(long experts, jang::metal_plan::Dispatch* d) {
+  *d = jang::metal_plan::moe_route(experts);
+}
+
+__attribute__((visibility("default"))) int
+jang_emu_plan_use_sorted(long rows, long experts) {
+  return jang::metal_plan::use_sorted(rows, experts);
 }
 }

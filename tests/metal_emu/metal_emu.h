@@ -11,8 +11,10 @@
 // * vector types with swizzles (clang ext_vector_type), half and bfloat as
 //   storage types converting to float with round-to-nearest-even;
 // * metal:: math, as_type, mem_flags, threadgroup_barrier, simdgroup_barrier,
-//   simd_sum / simd_max / simd_min / simd_shuffle* / simd_broadcast with
-//   32-wide SIMD groups.
+//   simd_sum / simd_max / simd_min / simd_prefix_{ex,in}clusive_sum /
+//   simd_shuffle* / simd_broadcast with 32-wide SIMD groups;
+// * 8x8 float simdgroup matrices (load, store, multiply-accumulate) as
+//   SIMD-group operations (see "simdgroup matrices" below).
 //
 // Execution: every thread of a threadgroup is a real thread. The threads of a
 // threadgroup run one at a time, each until it blocks at a barrier or a SIMD
@@ -49,6 +51,7 @@
 typedef unsigned int uint;
 typedef unsigned short ushort;
 typedef unsigned char uchar;
+typedef unsigned long ulong; // 64-bit, as in Metal
 
 #define JANG_EMU_VEC(T, N) T __attribute__((ext_vector_type(N)))
 typedef JANG_EMU_VEC(float, 2) float2;
@@ -63,6 +66,7 @@ typedef JANG_EMU_VEC(int, 4) int4;
 typedef JANG_EMU_VEC(ushort, 2) ushort2;
 typedef JANG_EMU_VEC(ushort, 3) ushort3;
 typedef JANG_EMU_VEC(ushort, 4) ushort4;
+typedef JANG_EMU_VEC(ulong, 2) ulong2;
 #undef JANG_EMU_VEC
 
 namespace jang_emu {
@@ -650,6 +654,27 @@ inline T simd_broadcast(T v, ushort lane) {
       6, v, lane, [](const T* x, int n, int, int src) { return x[src % n]; });
 }
 
+// Sum over the lanes below this one (exclusive) or up to it (inclusive).
+template <typename T> inline T simd_prefix_exclusive_sum(T v) {
+  return jang_emu::simd_op<T>(10, v, 0, [](const T* x, int, int i, int) {
+    T s = T(0);
+    for (int j = 0; j < i; ++j) {
+      s = s + x[j];
+    }
+    return s;
+  });
+}
+
+template <typename T> inline T simd_prefix_inclusive_sum(T v) {
+  return jang_emu::simd_op<T>(11, v, 0, [](const T* x, int, int i, int) {
+    T s = x[0];
+    for (int j = 1; j <= i; ++j) {
+      s = s + x[j];
+    }
+    return s;
+  });
+}
+
 // Lanes whose source is out of range keep their own value, as on the GPU.
 template <typename T>
 inline T simd_shuffle_down(T v, ushort delta) {
@@ -670,6 +695,212 @@ inline T simd_shuffle_xor(T v, ushort mask) {
   return jang_emu::simd_op<T>(9, v, mask, [](const T* x, int n, int i, int m) {
     return (i ^ m) < n ? x[i ^ m] : x[i];
   });
+}
+
+// ------------------------------------------------- simdgroup matrices -----
+//
+// An 8 x 8 simdgroup_matrix is spread over the 32 lanes of a SIMD group on a
+// GPU, in a layout the Metal specification leaves to the implementation. Here
+// every lane holds the whole matrix, and load, store and multiply-accumulate
+// are SIMD-group operations: every lane must reach them (a full SIMD group,
+// in uniform control flow) with the same arguments, and the last lane to
+// arrive performs them once for the group. So a kernel that sticks to these
+// operations (no thread_elements(), which is not provided) computes what the
+// GPU computes, up to the order of the fp32 additions inside one product.
+// Only float matrices: half and bfloat products round in ways the
+// specification does not pin down.
+
+template <typename T, int Cols, int Rows> struct simdgroup_matrix {
+  static_assert(
+      std::is_same_v<T, float> && Cols == 8 && Rows == 8,
+      "the emulation provides 8x8 float simdgroup matrices only");
+  T e[Rows][Cols]; // row r, column c
+};
+typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
+
+template <typename T, int Cols, int Rows>
+inline simdgroup_matrix<T, Cols, Rows> make_filled_simdgroup_matrix(T value) {
+  simdgroup_matrix<T, Cols, Rows> m;
+  for (auto& row : m.e) {
+    for (auto& v : row) {
+      v = value;
+    }
+  }
+  return m;
+}
+
+} // namespace metal
+
+namespace jang_emu {
+
+// One lane's arguments to a simdgroup matrix operation.
+struct MatrixCall {
+  const volatile void* memory; // source or destination in memory
+  unsigned long stride;
+  bool transpose;
+  void* mine;              // this lane's result matrix (load, multiply)
+  const void* operands[3]; // this lane's operand matrices
+};
+
+// Runs `complete(lanes)` once for the SIMD group, after checking that every
+// lane passed the same memory arguments; the lanes' calls are lanes[0..32).
+template <typename Complete>
+inline void
+matrix_op(int op, const char* name, MatrixCall call, Complete&& complete) {
+  Thread& self = *g_self;
+  Launch& l = *self.launch;
+  const int sid = self.index / kSimdWidth;
+  const int n = simd_size_of(l, sid);
+  Thread* lanes = &l.threads[sid * kSimdWidth];
+  const MatrixCall* mine = &call;
+  std::memcpy(self.in, &mine, sizeof(mine));
+  arrive(self, simd_of(self), op, [&] {
+    if (n != kSimdWidth) {
+      fail(l, std::string(name) + " needs a full SIMD group of 32 threads");
+    }
+    const MatrixCall* calls[kSimdWidth];
+    for (int i = 0; i < n; ++i) {
+      std::memcpy(&calls[i], lanes[i].in, sizeof(calls[i]));
+      if (calls[i]->memory != calls[0]->memory ||
+          calls[i]->stride != calls[0]->stride ||
+          calls[i]->transpose != calls[0]->transpose) {
+        fail(
+            l,
+            where(lanes[i]) + " passed other arguments to " + name +
+                " than lane 0 of its SIMD group");
+      }
+    }
+    complete(calls);
+  });
+}
+
+template <typename P>
+inline void matrix_load(
+    metal::simdgroup_float8x8& d, P* src, ulong stride, bool transpose) {
+  MatrixCall c{src, stride, transpose, &d, {}};
+  matrix_op(20, "simdgroup_load", c, [](const MatrixCall* const* calls) {
+    const auto* s = static_cast<const volatile float*>(calls[0]->memory);
+    metal::simdgroup_float8x8 m;
+    for (int r = 0; r < 8; ++r) {
+      for (int col = 0; col < 8; ++col) {
+        m.e[r][col] = calls[0]->transpose ? s[col * calls[0]->stride + r]
+                                          : s[r * calls[0]->stride + col];
+      }
+    }
+    for (int i = 0; i < kSimdWidth; ++i) {
+      *static_cast<metal::simdgroup_float8x8*>(calls[i]->mine) = m;
+    }
+  });
+}
+
+template <typename P>
+inline void matrix_store(
+    const metal::simdgroup_float8x8& m, P* dst, ulong stride, bool transpose) {
+  MatrixCall c{dst, stride, transpose, nullptr, {&m}};
+  matrix_op(21, "simdgroup_store", c, [](const MatrixCall* const* calls) {
+    const auto& v =
+        *static_cast<const metal::simdgroup_float8x8*>(calls[0]->operands[0]);
+    auto* d = static_cast<volatile float*>(
+        const_cast<volatile void*>(calls[0]->memory));
+    for (int r = 0; r < 8; ++r) {
+      for (int col = 0; col < 8; ++col) {
+        (calls[0]->transpose ? d[col * calls[0]->stride + r]
+                             : d[r * calls[0]->stride + col]) = v.e[r][col];
+      }
+    }
+  });
+}
+
+} // namespace jang_emu
+
+namespace metal {
+
+// simdgroup_load / simdgroup_store from and to device (plain) or threadgroup
+// (volatile) memory: elements_per_row is the row stride in elements; with
+// transpose_matrix the matrix is read (written) column by column, so that
+// loading an 8 x 8 block of a row-major B transposed gives B^T. The origin
+// argument must be 0 (the emulation does not pin down its convention; pass
+// an offset pointer instead).
+inline void check_origin(ulong2 origin) {
+  if (origin.x != 0 || origin.y != 0) {
+    jang_emu::fail(
+        *jang_emu::g_self->launch,
+        "simdgroup_load/store with a nonzero matrix_origin is not emulated");
+  }
+}
+
+inline void simdgroup_load(
+    simdgroup_float8x8& d,
+    const float* src,
+    ulong elements_per_row = 8,
+    ulong2 matrix_origin = 0,
+    bool transpose_matrix = false) {
+  check_origin(matrix_origin);
+  jang_emu::matrix_load(d, src, elements_per_row, transpose_matrix);
+}
+
+inline void simdgroup_load(
+    simdgroup_float8x8& d,
+    const volatile float* src,
+    ulong elements_per_row = 8,
+    ulong2 matrix_origin = 0,
+    bool transpose_matrix = false) {
+  check_origin(matrix_origin);
+  jang_emu::matrix_load(d, src, elements_per_row, transpose_matrix);
+}
+
+inline void simdgroup_store(
+    const simdgroup_float8x8& m,
+    float* dst,
+    ulong elements_per_row = 8,
+    ulong2 matrix_origin = 0,
+    bool transpose_matrix = false) {
+  check_origin(matrix_origin);
+  jang_emu::matrix_store(m, dst, elements_per_row, transpose_matrix);
+}
+
+inline void simdgroup_store(
+    const simdgroup_float8x8& m,
+    volatile float* dst,
+    ulong elements_per_row = 8,
+    ulong2 matrix_origin = 0,
+    bool transpose_matrix = false) {
+  check_origin(matrix_origin);
+  jang_emu::matrix_store(m, dst, elements_per_row, transpose_matrix);
+}
+
+// d = a * b + c, accumulated in fp32 in increasing k.
+inline void simdgroup_multiply_accumulate(
+    simdgroup_float8x8& d,
+    const simdgroup_float8x8& a,
+    const simdgroup_float8x8& b,
+    const simdgroup_float8x8& c) {
+  jang_emu::MatrixCall call{nullptr, 0, false, &d, {&a, &b, &c}};
+  jang_emu::matrix_op(
+      22,
+      "simdgroup_multiply_accumulate",
+      call,
+      [](const jang_emu::MatrixCall* const* calls) {
+        const auto& x =
+            *static_cast<const simdgroup_float8x8*>(calls[0]->operands[0]);
+        const auto& y =
+            *static_cast<const simdgroup_float8x8*>(calls[0]->operands[1]);
+        const auto& z =
+            *static_cast<const simdgroup_float8x8*>(calls[0]->operands[2]);
+        simdgroup_float8x8 r;
+        for (int i = 0; i < 8; ++i) {
+          for (int j = 0; j < 8; ++j) {
+            float s = z.e[i][j];
+            for (int k = 0; k < 8; ++k) {
+              s += x.e[i][k] * y.e[k][j];
+            }
+            r.e[i][j] = s;
+          }
+        }
+        for (int i = 0; i < jang_emu::kSimdWidth; ++i) {
+          *static_cast<simdgroup_float8x8*>(calls[i]->mine) = r;
+        }
+      });
 }
 
 } // namespace metal
