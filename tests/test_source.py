@@ -167,7 +167,10 @@ def write_gguf(path, arch: str, tensors: dict[str, np.ndarray], heads=4, kv_head
     writer.add_bos_token_id(0)
     writer.add_eos_token_id(1)
     for name, arr in tensors.items():
-        writer.add_tensor(name, arr)
+        if isinstance(arr, tuple):  # (stored bytes, ggml type) of a quantized tensor
+            writer.add_tensor(name, arr[0], raw_dtype=arr[1])
+        else:
+            writer.add_tensor(name, arr)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -177,7 +180,7 @@ def write_gguf(path, arch: str, tensors: dict[str, np.ndarray], heads=4, kv_head
 def test_gguf_chunked_read(tmp_path, monkeypatch):
     from jang import source as source_module
 
-    monkeypatch.setattr(source_module, "_GGUF_CHUNK", 48)  # 3 rows of 16 per block
+    monkeypatch.setattr(source_module, "_CHUNK", 48)  # 3 rows of 16 per block
     w = np.arange(10 * 16, dtype=np.float32).reshape(10, 16) / 7
     path = tmp_path / "c.gguf"
     write_gguf(path, "llama", {"blk.0.ffn_up.weight": w})
@@ -189,7 +192,12 @@ def test_gguf_chunked_read(tmp_path, monkeypatch):
     )
 
 
-def test_gguf_llama_layout(tmp_path):
+@pytest.mark.parametrize("chunk", [None, 8, 16])  # default; one row (8 cols); two rows
+def test_gguf_llama_layout(tmp_path, monkeypatch, chunk):
+    from jang import source as source_module
+
+    if chunk:  # Q/K rows land at their permuted places block by block
+        monkeypatch.setattr(source_module, "_CHUNK", chunk)
     q_hf = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)  # 4 heads x head_dim 2
     k_hf = np.arange(4 * 8, dtype=np.float32).reshape(4, 8) + 100  # 2 kv heads
 
@@ -274,3 +282,179 @@ def test_real_smollm2_gguf():
     assert 134e6 < src.num_parameters < 136e6
     emb = src.read("model.embed_tokens.weight")
     assert emb.shape == (49152, 576) and emb.dtype == mx.bfloat16
+
+
+def random_blocks(qtype, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """Stored bytes of a (rows, cols) tensor of `qtype` with finite fp16 block scales."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = np.random.default_rng(seed).integers(0, 256, (rows, cols // block, size), np.uint8)
+    if qtype in (gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q5_K):
+        raw[..., :4] = np.frombuffer(np.float16([0.01, 0.002]).tobytes(), np.uint8)  # d, dmin
+    elif qtype == gguf.GGMLQuantizationType.Q6_K:
+        raw[..., -2:] = np.frombuffer(np.float16([0.01]).tobytes(), np.uint8)  # d (last)
+    else:
+        raw[..., :2] = np.frombuffer(np.float16([0.01]).tobytes(), np.uint8)  # d (first)
+        if qtype == gguf.GGMLQuantizationType.Q4_1:
+            raw[..., 2:4] = np.frombuffer(np.float16([-0.05]).tobytes(), np.uint8)  # m
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "BF16"])
+def test_gguf_quantized_types_read_in_chunks(tmp_path, monkeypatch, qtype):
+    """Blocks of rows dequantized into one output == the whole tensor dequantized at once."""
+    import gguf
+
+    from jang import source as source_module
+
+    kind = gguf.GGMLQuantizationType[qtype]
+    rows, cols = 12, 512
+    if qtype == "BF16":
+        raw = bf16_bits(np.random.default_rng(0).standard_normal((rows, cols))).view(np.uint8)
+        expect = mx.array(raw.view(np.uint16)).view(mx.bfloat16)
+    else:
+        raw = random_blocks(kind, rows, cols)
+        expect = mx.array(gguf.quants.dequantize(raw, kind)).astype(mx.bfloat16)
+    path = tmp_path / "q.gguf"
+    write_gguf(path, "llama", {"blk.0.ffn_up.weight": (raw, kind)})
+    monkeypatch.setattr(source_module, "_CHUNK", cols * 5)  # 5 rows per block, 3 blocks
+    src = open_source(path)
+    info = src.info("model.layers.0.mlp.up_proj.weight")
+    assert info.shape == (rows, cols) and info.dtype == qtype and info.nbytes == raw.nbytes
+    got = src.read(info.name)
+    assert got.dtype == mx.bfloat16 and got.shape == (rows, cols)
+    np.testing.assert_array_equal(np.array(got.view(mx.uint16)), np.array(expect.view(mx.uint16)))
+
+
+def test_gguf_truncated_data_names_the_tensor(tmp_path):
+    path = tmp_path / "t.gguf"
+    write_gguf(path, "llama", {"blk.0.ffn_up.weight": np.ones((4, 64), np.float32)})
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(SourceError, match=r"t\.gguf: tensor 'blk\.0\.ffn_up\.weight': data"):
+        open_source(path)
+
+
+def test_safetensors_read_in_blocks(tmp_path, monkeypatch):
+    from jang import source as source_module
+
+    monkeypatch.setattr(source_module, "_CHUNK", 5)  # 20 bytes per block: blocks cross rows
+    rng = np.random.default_rng(0)
+    tensors = {
+        "b": ("BF16", bf16_bits(rng.standard_normal((7, 9)))),
+        "h": ("F16", rng.standard_normal((7, 9)).astype(np.float16)),
+        "f": ("F32", rng.standard_normal((3, 5, 3)).astype(np.float32)),
+        "i": ("I64", np.arange(10, dtype=np.int64)),
+        "s": ("F32", np.array(2.5, np.float32)),
+    }
+    write_safetensors(tmp_path / "model.safetensors", tensors)
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    src = open_source(tmp_path)
+    for name, (_, arr) in tensors.items():
+        got = src.read(name)
+        assert got.shape == arr.shape, name
+        raw = np.array(got.view(mx.uint16)) if got.dtype == mx.bfloat16 else np.array(got)
+        np.testing.assert_array_equal(raw, arr)
+        assert src.read(name).shape == arr.shape  # pages released, data reads back
+        assert src.checksum(name) == __import__("hashlib").sha256(arr.tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("scale_dtype", ["F32", "BF16"])
+def test_fp8_channel_and_tensor_scales_in_blocks(tmp_path, monkeypatch, scale_dtype):
+    from jang import source as source_module
+
+    monkeypatch.setattr(source_module, "_CHUNK", 12)  # 2 rows of 6 per block
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 0x7E, (5, 6), dtype=np.uint8)  # finite E4M3 values
+    per_row = np.array([0.5, 2.0, 3.0, 0.25, 1.5], np.float32)
+
+    def stored(x):
+        return (scale_dtype, bf16_bits(x) if scale_dtype == "BF16" else x)
+
+    write_safetensors(
+        tmp_path / "model.safetensors",
+        {
+            "c.weight": ("F8_E4M3", codes),
+            "c.weight_scale": stored(per_row.reshape(5, 1)),
+            "t.weight": ("F8_E4M3", codes),
+            "t.weight_scale": stored(np.array([4.0], np.float32)),
+            "bad.weight": ("F8_E4M3", codes),
+            "bad.weight_scale": stored(np.ones(3, np.float32)),
+        },
+    )
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    src = open_source(tmp_path)
+    table = _e4m3_table()
+    for name, scale in (("c.weight", per_row[:, None]), ("t.weight", np.float32(4.0))):
+        expect = mx.array(table[codes] * scale).astype(mx.bfloat16)
+        got = src.read(name)
+        assert got.dtype == mx.bfloat16
+        np.testing.assert_array_equal(
+            np.array(got.view(mx.uint16)), np.array(expect.view(mx.uint16))
+        )
+    with pytest.raises(SourceError, match=r"bad\.weight_scale has 3 values for 5 rows"):
+        src.read("bad.weight")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "uint32", "uint8"])
+def test_mlx_buffer_is_filled_in_place(dtype):
+    from jang.source import mlx_buffer
+
+    out, view = mlx_buffer((3, 4), getattr(mx, dtype))
+    assert out.dtype == getattr(mx, dtype) and view.shape == (3, 4)
+    assert view.itemsize == out.dtype.size and not view.any()
+    view[1] = np.arange(4) + 1  # raw bits, seen by MLX
+    uint = {1: mx.uint8, 2: mx.uint16, 4: mx.uint32}[out.dtype.size]
+    np.testing.assert_array_equal(np.array(out.view(uint)), [[0] * 4, [1, 2, 3, 4], [0] * 4])
+
+
+def _peak_growth(fn):
+    """(fn(), growth of peak RSS over the RSS before it, in bytes), via VmHWM (Linux)."""
+    from jang.source import trim_memory
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+    trim_memory()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak to the current RSS
+    except OSError:
+        pytest.skip("needs Linux's /proc/self/clear_refs")
+    before = status("VmRSS:")
+    result = fn()
+    return result, status("VmHWM:") - before
+
+
+def test_gguf_read_memory_stays_near_the_tensor(tmp_path, monkeypatch):
+    """Reading a large quantized tensor peaks at its bf16 size plus block-sized temporaries
+    (not: the stored bytes resident, an fp32 copy, or blocks plus their concatenation)."""
+    import gguf
+
+    from jang import source as source_module
+
+    monkeypatch.setattr(source_module, "_HASH_BLOCK", 1 << 22)
+    rows, cols = 16384, 2048
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    path = tmp_path / "big.gguf"
+    write_gguf(path, "llama", {"token_embd.weight": (random_blocks(q8, rows, cols), q8)})
+    src = open_source(path)
+    name = "model.embed_tokens.weight"
+    size = rows * cols * 2
+    w, growth = _peak_growth(lambda: src.read(name))
+    assert w.shape == (rows, cols) and growth < 1.5 * size, growth / size  # was 4x
+    del w
+    _, growth = _peak_growth(lambda: src.checksum(name))  # 4 MB blocks of 36 MB stored
+    assert growth < 0.3 * src.info(name).nbytes, growth / src.info(name).nbytes
+
+
+def test_safetensors_read_memory_stays_near_the_tensor(tmp_path):
+    rows, cols = 8192, 4096
+    w = np.random.default_rng(0).integers(0, 1 << 16, (rows, cols), dtype=np.uint16)
+    write_safetensors(tmp_path / "model.safetensors", {"w": ("BF16", w)})
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    src = open_source(tmp_path)
+    got, growth = _peak_growth(lambda: src.read("w"))
+    assert got.dtype == mx.bfloat16 and growth < 1.3 * w.nbytes, growth / w.nbytes  # was 2x
+    np.testing.assert_array_equal(np.array(got.view(mx.uint16)), w)

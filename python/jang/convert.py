@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from jang import __version__
 from jang.bundle import BundleWriter, quantization_config
-from jang.source import ModelSource, open_source
+from jang.source import ModelSource, mlx_buffer, open_source, trim_memory
 
 METHODS = ("rtn", "clip", "gptq")
+QUANT_BLOCK = 1 << 20  # weights quantized per call (bounds the quantizers' temporaries)
 DEFAULT_METHOD = "clip"
 
 # per-expert source names -> (switch_mlp name) for the MoE families mlx-lm stacks
@@ -120,6 +123,36 @@ def _quantize(w, bits: int, group_size: int, method: str, debias: bool = False):
     return q, s, b
 
 
+def _quantize_blocks(w, dtype, bits: int, group_size: int, method: str, debias: bool):
+    """`_quantize(w.astype(dtype), ...)` a block of rows at a time, written into
+    preallocated outputs: the quantizers' per-call temporaries (float32 scales, packed
+    codes, their MLX copies) stay block-sized and `w` is never cast whole. Rows are
+    independent in MLX's affine layout, so the result is the same as one call."""
+    import mlx.core as mx
+
+    cols = w.shape[-1]
+    rows = w.size // cols
+    step = max(1, QUANT_BLOCK // cols)
+    if rows <= step:
+        return _quantize(w.astype(dtype), bits, group_size, method, debias)
+    w2 = w.reshape(rows, cols)
+    outs = views = None
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        parts = _quantize(w2[r0:r1].astype(dtype), bits, group_size, method, debias)
+        mx.eval(*parts)
+        if outs is None:
+            outs, views = zip(
+                *(mlx_buffer((rows, p.shape[-1]), p.dtype) for p in parts), strict=True
+            )
+        for view, part in zip(views, parts, strict=True):
+            uint = {2: mx.uint16, 4: mx.uint32}[part.dtype.size]
+            view[r0:r1] = np.array(part.view(uint), copy=False)
+        del parts
+    lead = w.shape[:-1]
+    return tuple(o.reshape(*lead, o.shape[-1]) for o in outs)
+
+
 def convert(
     src: str | Path,
     out: str | Path,
@@ -186,6 +219,7 @@ def convert(
                 if info.name in dropped:
                     meter.step(info.name, info.nbytes)
                     continue
+                w = q = s = b = arr = None  # the previous tensor goes before the next is read
                 w = source.read_fresh(info.name)
                 src_meta = {
                     "names": [info.name],
@@ -204,8 +238,8 @@ def convert(
                             for a in gptq_results.pop(module)
                         )
                     else:
-                        q, s, b = _quantize(
-                            w.astype(dtype), entry["bits"], entry["group_size"], method, debias
+                        q, s, b = _quantize_blocks(
+                            w, dtype, entry["bits"], entry["group_size"], method, debias
                         )
                     mx.eval(q, s, b)
                     if info.name in experts:
@@ -245,6 +279,8 @@ def convert(
             config["quantization"] = quant
             config["quantization_config"] = quant
             config["torch_dtype"] = str(dtype).removeprefix("mlx.core.")
+            w = q = s = b = arr = None
+            trim_memory()  # the tokenizer build starts from the floor, not the loop's high water
             source.write_tokenizer(writer.tmp)
             manifest = {
                 "jang_version": __version__,

@@ -4,8 +4,9 @@ Every source presents the same thing: an HF-layout ``config`` dict, the list of
 tensors under their Hugging Face names and shapes, ``read(name)`` returning one
 tensor at a time as an MLX float array (so conversion memory stays near the
 largest tensor), and the tokenizer files. GGUF files are mapped to the HF
-layout (names, Q/K permutation, Gemma's +1 norms) and dequantized with the
-``gguf`` package; FP8 safetensors are dequantized with their scales.
+layout (names, Q/K permutation, Gemma's +1 norms), read with `jang.gguf_file` and
+dequantized with the ``gguf`` package; FP8 safetensors are dequantized with their
+scales.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ import numpy as np
 
 class SourceError(ValueError):
     """A model source is missing, malformed or unsupported (message names the file)."""
+
+
+_HASH_BLOCK = 1 << 24  # bytes hashed between page releases
+_CHUNK = 1 << 20  # elements dequantized at once (4 MB of fp32)
+_MAX_DIM = 2**31 - 1  # MLX shapes are int32
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,18 @@ class ModelSource:
         raise NotImplementedError
 
     def checksum(self, name: str) -> str:
-        """sha256 of the tensor's stored bytes (identifies the source in manifests)."""
-        return hashlib.sha256(self.raw_bytes(name)).hexdigest()
+        """sha256 of the tensor's stored bytes (identifies the source in manifests), hashed
+        a block at a time with the mapped pages released behind the hash."""
+        data = self.raw_bytes(name)
+        digest = hashlib.sha256()
+        for start in range(0, len(data), _HASH_BLOCK):
+            stop = min(len(data), start + _HASH_BLOCK)
+            digest.update(data[start:stop])
+            self._release(name, start, stop)
+        return digest.hexdigest()
+
+    def _release(self, name: str, start: int, stop: int) -> None:
+        """Let the system drop the mapped pages of stored bytes [start, stop) of `name`."""
 
     def read_fresh(self, name: str):
         """`read`, after returning MLX's cached buffers to the system, so streaming over a
@@ -169,6 +185,7 @@ class _SafetensorsFile:
         self.data_start = 8 + n
         self._file = open(path, "rb")  # kept open for the mmap's lifetime
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self.size = size
         for name, entry in header.items():
             start, end = entry["data_offsets"]
             if entry["dtype"] not in _ST_DTYPES:
@@ -185,6 +202,24 @@ class _SafetensorsFile:
         if (end - start) != count * np.dtype(np_dtype).itemsize:
             raise SourceError(f"{self.path}: tensor {name} byte size does not match {shape}")
         return np.frombuffer(self._map, np_dtype, count, self.data_start + start).reshape(shape)
+
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Drop the mapped pages of bytes [start, stop) of tensor `name` from this process."""
+        begin, end = self.entries[name]["data_offsets"]
+        base = self.data_start + begin
+        _release_pages(
+            self._map, self.size, base + start, base + (end - begin if stop is None else stop)
+        )
+
+
+def _release_pages(m: mmap.mmap | None, size: int, start: int, stop: int) -> None:
+    """madvise(DONTNEED) the whole pages of [start, stop): a read-only file mapping's pages
+    leave this process's resident set (and come back from the page cache if touched)."""
+    page = mmap.PAGESIZE
+    lo = start // page * page
+    hi = min(-(-stop // page) * page, -(-size // page) * page)
+    if m is not None and lo < size and hi > lo and hasattr(mmap, "MADV_DONTNEED"):
+        m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 class SafetensorsSource(ModelSource):
@@ -232,36 +267,83 @@ class SafetensorsSource(ModelSource):
             )
 
     def read(self, name: str):
+        """The tensor as an MLX array (one copy out of the mapping, whose pages are then
+        released); FP8 is dequantized to bf16 a block of rows at a time."""
         import mlx.core as mx
 
         info = self.info(name)
-        raw = self._where[name].array(name)
-        if info.dtype == "bfloat16":
-            return mx.array(raw).view(mx.bfloat16)
+        f = self._where[name]
+        raw = f.array(name)
         if info.dtype == "float8_e4m3fn":
-            return mx.array(self._dequantize_fp8(name, raw)).astype(mx.bfloat16)
-        return mx.array(raw)
+            out = self._read_fp8(name, raw)
+        elif info.dtype in ("bfloat16", "float16", "float32"):
+            # copied a block at a time, releasing the mapped pages behind the copy, so the
+            # file's pages and the copy are never both resident in full
+            out, view = mlx_buffer(info.shape, getattr(mx, info.dtype))
+            src, dst = raw.reshape(-1), view.reshape(-1)
+            step = _CHUNK * 4 // raw.itemsize
+            for i in range(0, src.size, step):
+                dst[i : i + step] = src[i : i + step].view(dst.dtype)
+                f.release(name, i * raw.itemsize, min(src.size, i + step) * raw.itemsize)
+        else:
+            out = mx.array(raw)  # copies now
+        del raw
+        f.release(name)
+        return out
 
     def raw_bytes(self, name: str) -> memoryview:
         self.info(name)
         return memoryview(np.ascontiguousarray(self._where[name].array(name)).reshape(-1)).cast("B")
 
-    def _dequantize_fp8(self, name: str, raw: np.ndarray) -> np.ndarray:
-        w = _e4m3_table()[raw]
+    def _release(self, name: str, start: int, stop: int) -> None:
+        self._where[name].release(name, start, stop)
+
+    def _scale(self, name: str) -> np.ndarray:
+        f = self._where[name]
+        raw = f.array(name)
+        if f.entries[name]["dtype"] == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return np.asarray(raw, dtype=np.float32)
+
+    def _read_fp8(self, name: str, raw: np.ndarray):
+        """FP8 E4M3 codes times their scales, rounded to bf16, `_CHUNK` elements at a time
+        straight into the output."""
+        import mlx.core as mx
+
+        table = _e4m3_table()
         base = name.removesuffix(".weight")
-        if f"{base}.weight_scale_inv" in self._where:  # block scales (DeepSeek-V3 style)
-            scale = self._where[f"{base}.weight_scale_inv"].array(f"{base}.weight_scale_inv")
-            scale = np.asarray(scale, dtype=np.float32)
-            if scale.dtype != np.float32:
-                scale = scale.astype(np.float32)
-            bo = -(-w.shape[0] // scale.shape[0])
-            bi = -(-w.shape[1] // scale.shape[1])
-            full = np.repeat(np.repeat(scale, bo, axis=0), bi, axis=1)[: w.shape[0], : w.shape[1]]
-            return w * full
-        if f"{base}.weight_scale" in self._where:  # per-tensor or per-channel scale
-            scale = np.asarray(self._where[f"{base}.weight_scale"].array(f"{base}.weight_scale"))
-            return w * scale.astype(np.float32).reshape(-1, *([1] * (w.ndim - 1)))
-        raise SourceError(f"{self.path}: FP8 tensor {name} has no weight_scale(_inv)")
+        block = f"{base}.weight_scale_inv" in self._where  # DeepSeek-V3 style block scales
+        if block:
+            scale = self._scale(f"{base}.weight_scale_inv")
+        elif f"{base}.weight_scale" in self._where:  # per-tensor or per-channel scale
+            scale = self._scale(f"{base}.weight_scale").reshape(-1)
+        else:
+            raise SourceError(f"{self.path}: FP8 tensor {name} has no weight_scale(_inv)")
+        if raw.ndim != 2:
+            raise SourceError(f"{self.path}: FP8 tensor {name} has shape {raw.shape}, not 2-D")
+        rows, cols = raw.shape
+        if block:
+            if scale.ndim != 2 or 0 in scale.shape:
+                raise SourceError(f"{self.path}: {base}.weight_scale_inv has shape {scale.shape}")
+            bo, bi = -(-rows // scale.shape[0]), -(-cols // scale.shape[1])
+            col_block = np.arange(cols) // bi
+        elif scale.size not in (1, rows):
+            raise SourceError(
+                f"{self.path}: {base}.weight_scale has {scale.size} values for {rows} rows"
+            )
+        out, bits = mlx_buffer((rows, cols))
+        step = max(1, _CHUNK // max(cols, 1))
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            w = table[raw[r0:r1]]
+            if block:
+                w *= scale[np.arange(r0, r1) // bo][:, col_block]
+            elif scale.size == 1:
+                w *= scale[0]
+            else:
+                w *= scale[r0:r1, None]
+            bits[r0:r1] = np.array(mx.array(w).astype(mx.bfloat16).view(mx.uint16), copy=False)
+        return out
 
     def write_tokenizer(self, dest: Path) -> list[str]:
         written = []
@@ -278,8 +360,6 @@ class SafetensorsSource(ModelSource):
 
 
 # ------------------------------------------------------------------ GGUF ----
-
-_GGUF_CHUNK = 1 << 24  # elements dequantized at once (64 MB of fp32)
 
 # GGUF architecture -> (HF model_type, HF architectures entry)
 _GGUF_ARCHS = {
@@ -340,7 +420,10 @@ def _gguf_to_hf_name(gguf_name: str, arch: str) -> str | None:
     if suffix not in ("weight", "bias"):
         return None
     if stem.startswith("blk."):
-        _, layer, part = stem.split(".", 2)
+        pieces = stem.split(".", 2)
+        if len(pieces) != 3 or not pieces[1].isdecimal():
+            return None
+        _, layer, part = pieces
         table = _GEMMA_BLOCK_NAMES if arch.startswith("gemma") else _GGUF_BLOCK_NAMES
         if part not in table:
             return None
@@ -351,21 +434,24 @@ def _gguf_to_hf_name(gguf_name: str, arch: str) -> str | None:
 
 
 class GGUFSource(ModelSource):
-    """A llama.cpp GGUF file, presented in the Hugging Face layout."""
+    """A llama.cpp GGUF file, presented in the Hugging Face layout.
+
+    Read with `jang.gguf_file.GGUFFile` (memory-mapped; the vocabulary stays packed until
+    the tokenizer is written). `read` dequantizes a block of rows at a time straight into
+    the one output array, so a tensor never exists twice.
+    """
 
     def __init__(self, path: Path):
-        from gguf import GGUFReader
+        from jang.gguf_file import GGUFError, GGUFFile
 
         self.path = path
         try:
-            self._reader = GGUFReader(path)
-        except Exception as exc:  # the gguf package raises assorted errors on bad files
-            raise SourceError(
-                f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})"
-            ) from exc
-        self.metadata = {k: f.contents() for k, f in self._reader.fields.items()}
+            self._file = GGUFFile(path)
+        except GGUFError as exc:
+            raise SourceError(str(exc)) from None
+        self.metadata = self._file.metadata
         arch = self.metadata.get("general.architecture")
-        if arch not in _GGUF_ARCHS:
+        if not isinstance(arch, str) or arch not in _GGUF_ARCHS:
             raise SourceError(
                 f"{path}: GGUF architecture {arch!r} is not supported yet "
                 f"(supported: {', '.join(sorted(_GGUF_ARCHS))})"
@@ -373,11 +459,16 @@ class GGUFSource(ModelSource):
         self.arch = arch
         self._by_hf: dict[str, Any] = {}
         unmapped = []
-        for t in self._reader.tensors:
+        for t in self._file.tensors.values():
             hf = _gguf_to_hf_name(t.name, arch)
             if hf is None:
                 unmapped.append(t.name)
                 continue
+            if max(t.dims) > _MAX_DIM:
+                raise SourceError(
+                    f"{path}: tensor {t.name!r} has shape {list(t.shape)}; MLX arrays hold at "
+                    f"most {_MAX_DIM} elements per dimension"
+                )
             self._by_hf[hf] = t
         if unmapped:
             raise SourceError(
@@ -386,14 +477,16 @@ class GGUFSource(ModelSource):
             )
         self.config = self._build_config()
         self._infos = {
-            hf: TensorInfo(
-                hf,
-                tuple(int(d) for d in reversed(t.shape)),
-                t.tensor_type.name,
-                int(t.n_bytes),
-            )
-            for hf, t in self._by_hf.items()
+            hf: TensorInfo(hf, t.shape, t.type.name, t.n_bytes) for hf, t in self._by_hf.items()
         }
+
+    def _meta_int(self, key: str) -> int | None:
+        value = self.metadata.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise SourceError(f"{self.path}: GGUF metadata {key} should be an integer: {value!r}")
+        return int(value)
 
     def _build_config(self) -> dict[str, Any]:
         arch = self.arch
@@ -402,14 +495,15 @@ class GGUFSource(ModelSource):
         for key, hf_key in _GGUF_CONFIG_KEYS.items():
             value = self.metadata.get(f"{arch}.{key}")
             if value is not None:
-                config[hf_key] = value
-        if "vocab_size" not in config and "tokenizer.ggml.tokens" in self.metadata:
-            config["vocab_size"] = len(self.metadata["tokenizer.ggml.tokens"])
+                config[hf_key] = _plain(value)
+        tokens = self.metadata.get("tokenizer.ggml.tokens")
+        if "vocab_size" not in config and tokens is not None:
+            config["vocab_size"] = len(tokens)
         config["tie_word_embeddings"] = "lm_head.weight" not in self._by_hf
         for key in ("bos", "eos", "padding"):
-            token_id = self.metadata.get(f"tokenizer.ggml.{key}_token_id")
+            token_id = self._meta_int(f"tokenizer.ggml.{key}_token_id")
             if token_id is not None:
-                config["pad_token_id" if key == "padding" else f"{key}_token_id"] = int(token_id)
+                config["pad_token_id" if key == "padding" else f"{key}_token_id"] = token_id
         if arch == "gemma3":
             config.setdefault("head_dim", 256)
             config["query_pre_attn_scalar"] = config["head_dim"]
@@ -422,65 +516,83 @@ class GGUFSource(ModelSource):
         return config
 
     def read(self, name: str):
-        """The tensor in bfloat16 (the dtype of the reference models built from GGUF files),
-        dequantized a block of rows at a time so a large tensor never exists twice in fp32."""
+        """The tensor in bfloat16 (the dtype of the reference models built from GGUF files).
+
+        Rows are dequantized `_CHUNK` elements at a time, rounded to bf16 and written
+        into one preallocated MLX array (llama's Q/K rows go straight to their permuted
+        place); the file's pages are released behind the reader. Peak memory: the bf16
+        tensor plus a few chunk-sized temporaries.
+        """
         import mlx.core as mx
 
         info = self.info(name)
-        data = self._by_hf[name].data
-        whole = len(info.shape) < 2 or self._needs_whole(name)
-        if whole or int(np.prod(info.shape)) <= _GGUF_CHUNK:
-            w = self._dequantize(name, data).reshape(info.shape)
-            return mx.array(self._to_hf_layout(name, w)).astype(mx.bfloat16)
-        rows = info.shape[0]
-        step = max(1, _GGUF_CHUNK // int(np.prod(info.shape[1:])))
-        data = data.reshape(rows, -1)
-        parts = []
-        for r in range(0, rows, step):
-            block = self._dequantize(name, data[r : r + step]).reshape(-1, *info.shape[1:])
-            parts.append(mx.array(block).astype(mx.bfloat16))
-            mx.eval(parts[-1])
-        return mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        t = self._by_hf[name]
+        out, bits = mlx_buffer((t.rows, t.row_elements))
+        row_map = self._row_map(name, t.rows)
+        norm = self.arch.startswith("gemma") and name.endswith("norm.weight")
+        step = max(1, _CHUNK // max(t.row_elements, 1))
+        for r0 in range(0, t.rows, step):
+            r1 = min(t.rows, r0 + step)
+            raw = self._file.rows(t, r0, r1)
+            if t.type.name == "BF16" and not norm:
+                block = raw.view(np.uint16)  # already bf16: copy the bits
+            else:
+                w = self._dequantize(t, raw)
+                if norm:
+                    w = w - 1.0  # llama.cpp stores Gemma's (1 + w) norm scale
+                block = np.array(mx.array(w).astype(mx.bfloat16).view(mx.uint16), copy=False)
+            if row_map is None:
+                bits[r0:r1] = block
+            else:
+                bits[row_map[r0:r1]] = block
+            del raw, block
+            self._file.release(t.offset + r0 * t.row_bytes, t.offset + r1 * t.row_bytes)
+        return out.reshape(info.shape)
 
-    def _needs_whole(self, name: str) -> bool:
-        """Layout fixes that mix rows (llama's Q/K permutation) need the whole tensor."""
-        return self.arch in ("llama", "mistral") and name.endswith(
+    def _row_map(self, name: str, rows: int) -> np.ndarray | None:
+        """HF row of each stored row, for llama.cpp's interleaved rotary halves of Q/K."""
+        if self.arch not in ("llama", "mistral") or not name.endswith(
             ("self_attn.q_proj.weight", "self_attn.k_proj.weight")
-        )
+        ):
+            return None
+        key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
+        heads = self.config.get(key)
+        if not isinstance(heads, int) or heads <= 0 or rows % (2 * heads):
+            raise SourceError(
+                f"{self.path}: {name} has {rows} rows, which do not split into "
+                f"{key}={heads!r} heads of two rotary halves"
+            )
+        half = rows // heads // 2
+        g = np.arange(rows)
+        head, rem = np.divmod(g, 2 * half)
+        return head * 2 * half + (rem % 2) * half + rem // 2
 
-    def _dequantize(self, name: str, data: np.ndarray) -> np.ndarray:
-        from gguf import GGMLQuantizationType
+    def _dequantize(self, t, raw: np.ndarray) -> np.ndarray:
+        """float32 (rows, row_elements) of a (rows, row_bytes) block of stored bytes."""
+        from gguf import GGMLQuantizationType as Q
         from gguf.quants import dequantize
 
-        kind = self._by_hf[name].tensor_type
-        if kind in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            return np.asarray(data, dtype=np.float32)
-        if kind == GGMLQuantizationType.BF16:
-            return (np.asarray(data).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        if t.type == Q.F32:
+            return raw.view(np.float32)
+        if t.type == Q.F16:
+            return raw.view(np.float16).astype(np.float32)
+        if t.type == Q.BF16:
+            return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         try:
-            return dequantize(data, kind)
+            return dequantize(raw, t.type)
         except NotImplementedError:
             raise SourceError(
-                f"{self.path}: tensor {self._by_hf[name].name} has GGUF type {kind.name}, "
+                f"{self.path}: tensor {t.name} has GGUF type {t.type.name}, "
                 "which the gguf package cannot dequantize"
             ) from None
 
     def raw_bytes(self, name: str) -> memoryview:
         self.info(name)
-        return memoryview(np.ascontiguousarray(self._by_hf[name].data).reshape(-1)).cast("B")
+        return memoryview(self._file.data(self._by_hf[name]))
 
-    def _to_hf_layout(self, name: str, w: np.ndarray) -> np.ndarray:
-        if self.arch in ("llama", "mistral") and name.endswith(
-            ("self_attn.q_proj.weight", "self_attn.k_proj.weight")
-        ):
-            # llama.cpp interleaves the rotary halves of each Q/K head; undo it.
-            key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
-            heads = int(self.config[key])
-            half = w.shape[0] // heads // 2
-            w = w.reshape(heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-        if self.arch.startswith("gemma") and name.endswith("norm.weight"):
-            w = w - 1.0  # llama.cpp stores Gemma's (1 + w) norm scale
-        return w
+    def _release(self, name: str, start: int, stop: int) -> None:
+        t = self._by_hf[name]
+        self._file.release(t.offset + start, t.offset + stop)
 
     def write_tokenizer(self, dest: Path) -> list[str]:
         from transformers import PreTrainedTokenizerFast
@@ -494,7 +606,7 @@ class GGUFSource(ModelSource):
             raise SourceError(f"{self.path}: GGUF file carries no tokenizer vocabulary")
         groups = {
             group: {
-                name: md[f"tokenizer.{key}"]
+                name: _plain(md[f"tokenizer.{key}"])
                 for key, name in renames.items()
                 if f"tokenizer.{key}" in md
             }
@@ -510,12 +622,27 @@ class GGUFSource(ModelSource):
             ("unk_token", "unknown_token_id"),
             ("pad_token", "padding_token_id"),
         ):
-            token_id = md.get(f"tokenizer.ggml.{key}")
+            token_id = self._meta_int(f"tokenizer.ggml.{key}")
             if token_id is not None:
-                tok_config[special] = tokens[int(token_id)]
+                if not 0 <= token_id < len(tokens):
+                    raise SourceError(
+                        f"{self.path}: tokenizer.ggml.{key} {token_id} is outside the "
+                        f"{len(tokens)}-token vocabulary"
+                    )
+                tok_config[special] = tokens[token_id]
         backend, extra = convert_gguf_tokenizer(self.arch, vocab)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **tok_config, **extra)
+        del vocab, groups, tokens
+        # Handing `backend` to PreTrainedTokenizerFast would deep-copy it (~300 MB for a
+        # 262k vocabulary); going through tokenizer.json keeps one copy alive at a time.
+        backend.save(str(dest / "tokenizer.json"))
+        del backend
+        trim_memory()
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_file=str(dest / "tokenizer.json"), **tok_config, **extra
+        )
         tokenizer.save_pretrained(str(dest))
+        del tokenizer
+        trim_memory()
         generation = {
             k: self.config[k]
             for k in ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -523,6 +650,60 @@ class GGUFSource(ModelSource):
         }
         (dest / "generation_config.json").write_text(json.dumps(generation, indent=2))
         return sorted(p.name for p in dest.iterdir() if p.name in TOKENIZER_FILES)
+
+
+def trim_memory() -> None:
+    """Return freed memory to the system: MLX's buffer cache, and (glibc) the malloc heap,
+    which otherwise keeps the high-water mark of e.g. a tokenizer build resident."""
+    import ctypes
+    import gc
+
+    import mlx.core as mx
+
+    gc.collect()
+    mx.clear_cache()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc
+        pass
+
+
+def _plain(value: Any) -> Any:
+    """A GGUF metadata value as plain Python (lists for numpy and string arrays)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "tolist"):  # jang.gguf_file.StringArray
+        return value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def mlx_buffer(shape: tuple[int, ...], dtype=None):
+    """(MLX array of `dtype` (default bfloat16), writable numpy view of its memory as
+    unsigned integers of the same width).
+
+    MLX cannot wrap foreign memory and `mx.array(numpy)` copies, so a tensor assembled
+    block by block would otherwise exist twice. Here MLX allocates the output (evaluated
+    zeros) and blocks are written into it in place through numpy; nothing else references
+    the fresh buffer while it is being filled.
+    """
+    import mlx.core as mx
+
+    dtype = mx.bfloat16 if dtype is None else dtype
+    uint = {1: mx.uint8, 2: mx.uint16, 4: mx.uint32, 8: mx.uint64}[dtype.size]
+    out = mx.zeros(shape, dtype=dtype)
+    bits = out.view(uint)
+    mx.eval(out, bits)
+    view = np.array(bits, copy=False)
+    if view.size:  # check that writes through the view reach `out` (MLX shares the buffer)
+        view.flat[0] = 1
+        if not view.flags.writeable or out.reshape(-1)[:1].view(uint).item() != 1:
+            raise RuntimeError("internal: cannot fill an MLX array in place through numpy")
+        view.flat[0] = 0
+    return out, view
 
 
 # ------------------------------------------------------------------ open ----
