@@ -17,7 +17,7 @@ def test_attention_matches_mlx(mask, dtype):
         "additive": mx.random.normal((9, 13)).astype(dtype),
         "bool": mx.random.uniform(shape=(2, 1, 9, 13)) > 0.3,
     }.get(mask, mask)
-    ref = cpu_forward._ORIGINAL(q, k, v, scale=0.25, mask=m)
+    ref = cpu_forward.ORIGINAL_ATTENTION(q, k, v, scale=0.25, mask=m)
     out = cpu_forward.attention(q, k, v, scale=0.25, mask=m)
     assert out.dtype == dtype and out.shape == ref.shape
     tol = 1e-5 if dtype == mx.float32 else 3e-2
@@ -29,7 +29,7 @@ def test_attention_matches_mlx(mask, dtype):
 def test_patch_is_scoped():
     with cpu_forward.numpy_attention():
         assert mx.fast.scaled_dot_product_attention is cpu_forward.attention
-    assert mx.fast.scaled_dot_product_attention is cpu_forward._ORIGINAL
+    assert mx.fast.scaled_dot_product_attention is cpu_forward.ORIGINAL_ATTENTION
 
 
 def test_linear_matches_mlx():

@@ -141,6 +141,36 @@ def test_hessians_see_the_quantized_sublayers(tokens, monkeypatch):
     assert np.abs(h_o - float_h).max() > 1e-2 * scale  # the test can tell the two apart
 
 
+def test_reused_intermediates_change_nothing(tokens, monkeypatch):
+    """Passes over a layer reuse final sublayers' results: same codes, one attention each."""
+    from jang.quant import cpu_forward
+
+    calls = []
+    real = cpu_forward.attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cpu_forward, "attention", counting)
+    plan = {n: (3, 32) for n in linears(tiny_model())}
+    batches = 2
+    reused = gptq_model(tiny_model(), plan, tokens, batch_size=4, backend="numpy", replace=False)
+    layers = ARGS.num_hidden_layers
+    # one discovery pass on the first batch, then every batch's attention computed once
+    assert len(calls) == layers * (1 + batches)
+    calls.clear()
+    monkeypatch.setattr(seq, "MEMO_BYTES", 0)
+    recomputed = gptq_model(
+        tiny_model(), plan, tokens, batch_size=4, backend="numpy", replace=False
+    )
+    # without reuse: the o, gate/up and down passes and the output pass each recompute it
+    assert len(calls) == layers * (1 + 4 * batches)
+    for n in plan:
+        for a, b in zip(reused[n], recomputed[n], strict=True):
+            np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
 def test_partial_plan_and_replace_false(tokens):
     model = tiny_model(dtype=mx.float16)
     types = dtypes(model)

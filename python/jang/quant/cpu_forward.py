@@ -41,33 +41,60 @@ def _mask_bias(mask, q_len: int, k_len: int) -> np.ndarray | None:
     return to_numpy32(mask)
 
 
+QUERY_BLOCK = 64  # query rows per step: a block's scores stay in the L2 cache
+
+
 def attention(queries, keys, values, *, scale: float, mask=None, sinks=None, stream=None):
-    """``mx.fast.scaled_dot_product_attention`` computed with numpy, one sequence at a time."""
+    """``mx.fast.scaled_dot_product_attention`` computed with numpy.
+
+    One sequence and one block of queries at a time; with a causal mask, a block reads
+    only the keys up to its last query, so the masked half is never computed.
+    """
     if sinks is not None or stream is not None:
-        return _ORIGINAL(queries, keys, values, scale=scale, mask=mask, sinks=sinks, stream=stream)
+        return ORIGINAL_ATTENTION(
+            queries, keys, values, scale=scale, mask=mask, sinks=sinks, stream=stream
+        )
     b, hq, lq, d = queries.shape
     hk, lk = keys.shape[1], keys.shape[2]
-    q = to_numpy32(queries) * np.float32(scale)
+    rep = hq // hk
+    q = (to_numpy32(queries) * np.float32(scale)).reshape(b, hk, rep, lq, d)
     k = to_numpy32(keys)
     v = to_numpy32(values)
-    bias = _mask_bias(mask, lq, lk)
+    causal = isinstance(mask, str) and mask == "causal" and lk >= lq
+    bias = None if causal else _mask_bias(mask, lq, lk)
     if bias is not None:
-        bias = np.broadcast_to(bias, (b, hq, lq, lk))
-    out = np.empty((b, hq, lq, v.shape[-1]), np.float32)
-    rep = hq // hk
+        bias = np.broadcast_to(bias, (b, hq, lq, lk)).reshape(b, hk, rep, lq, lk)
+    out = np.empty((b, hk, rep, lq, v.shape[-1]), np.float32)
+    offset = lk - lq  # causal: query i sees keys [0, i + offset]
     for i in range(b):
-        s = q[i].reshape(hk, rep * lq, d) @ k[i].transpose(0, 2, 1)
-        s = s.reshape(hq, lq, lk)
-        if bias is not None:
-            s += bias[i]
-        s -= s.max(axis=-1, keepdims=True)
-        np.exp(s, out=s)
-        s /= s.sum(axis=-1, keepdims=True)
-        out[i] = (s.reshape(hk, rep * lq, lk) @ v[i]).reshape(hq, lq, -1)
-    return mx.array(out).astype(queries.dtype)
+        for a in range(0, lq, QUERY_BLOCK):
+            e = min(a + QUERY_BLOCK, lq)
+            n = e - a
+            end = min(lk, e + offset) if causal else lk
+            s = q[i, :, :, a:e].reshape(hk, rep * n, d) @ k[i, :, :end].transpose(0, 2, 1)
+            s = s.reshape(hk, rep, n, end)
+            if causal:
+                first = a + offset + 1  # first key hidden from query a
+                if first < end:
+                    s[..., first:] += _causal_tail(n, end - first)
+            elif bias is not None:
+                s += bias[i, :, :, a:e, :end]
+            s -= s.max(axis=-1, keepdims=True)
+            np.exp(s, out=s)
+            s /= s.sum(axis=-1, keepdims=True)
+            out[i, :, :, a:e] = (s.reshape(hk, rep * n, end) @ v[i, :, :end]).reshape(
+                hk, rep, n, -1
+            )
+    return mx.array(out.reshape(b, hq, lq, -1)).astype(queries.dtype)
 
 
-_ORIGINAL = mx.fast.scaled_dot_product_attention
+def _causal_tail(rows: int, cols: int) -> np.ndarray:
+    """Additive mask of a query block's tail keys: row r hides columns c >= r."""
+    hidden = np.arange(cols)[None, :] >= np.arange(rows)[:, None]
+    return np.where(hidden, np.float32(-np.inf), np.float32(0))
+
+
+ORIGINAL_ATTENTION = mx.fast.scaled_dot_product_attention
 
 
 @contextlib.contextmanager
@@ -77,7 +104,7 @@ def numpy_attention() -> Iterator[None]:
     try:
         yield
     finally:
-        mx.fast.scaled_dot_product_attention = _ORIGINAL
+        mx.fast.scaled_dot_product_attention = ORIGINAL_ATTENTION
 
 
 class _NumpyLinear:

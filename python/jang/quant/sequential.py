@@ -91,10 +91,10 @@ class _Recorder:
 
 
 class _Tap:
-    """Stands in for a Linear inside the layer being processed; reports each call."""
+    """Stands in for a Linear inside the layer being processed; its driver runs each call."""
 
     def __init__(self, module: nn.Linear, name: str, driver):
-        self.module, self._name, self._driver = module, name, driver
+        self.module, self.name, self._driver = module, name, driver
         self.refresh()
 
     def refresh(self) -> None:
@@ -103,6 +103,11 @@ class _Tap:
         if self._driver.numpy:
             self._w = to_numpy32(m.weight)
             self._b = to_numpy32(m.bias) if "bias" in m else None
+
+    def compute(self, x: mx.array) -> mx.array:
+        if self._driver.numpy:
+            return cpu_forward.linear(x, self._w, self._b)
+        return self.module(x)
 
     def __getattr__(self, key):
         return getattr(self.module, key)
@@ -113,48 +118,95 @@ class _Tap:
         super().__setattr__(key, value)
 
     def __call__(self, x):
-        self._driver.called(self._name, x)
-        if self._driver.numpy:
-            return cpu_forward.linear(x, self._w, self._b)
-        return self.module(x)
+        return self._driver.linear(self, x)
+
+
+# Bytes of layer intermediates kept between the passes over one layer (see _LayerDriver).
+MEMO_BYTES = 4 << 30
 
 
 class _LayerDriver:
-    """Runs one decoder layer with its Linear sublayers tapped."""
+    """Runs one decoder layer with its Linear sublayers (and attention) tapped.
 
-    def __init__(self, layer: nn.Module, numpy: bool):
+    A layer is run once per stage on every calibration batch, each pass stopping at the
+    stage being collected. The result of a Linear whose stage is already final, or of an
+    attention call that only reads such results, is the same in every later pass over the
+    same batch, so it is kept (up to MEMO_BYTES) and reused instead of recomputed: the
+    passes then cost about one forward of the layer in total, not one per stage.
+    """
+
+    def __init__(self, layer: nn.Module, numpy: bool, memo_bytes: int | None = None):
         self.layer, self.numpy = layer, numpy
         self.names = [n for n, m in layer.named_modules() if type(m) is nn.Linear and n]
         self.mode = "pass"
         self.calls: list[tuple[str, mx.array]] = []
+        self.events: list[str] = []  # discover: the names of tap calls, "" for attention
         self.count = 0
         self.stop_after = -1
         self.hessian: Hessian | None = None
         self.taps = {n: _Tap(_get(layer, n), n, self) for n in self.names}
+        self.ready: list[int] = []  # per event: the last stage its result depends on
+        self.stage = 0  # passes of collect(): stages before this one are final
+        self.batch = 0
+        self.pos = 0
+        self.memo: dict[tuple[int, int], mx.array] = {}
+        self.memo_bytes = MEMO_BYTES if memo_bytes is None else memo_bytes
+        self.memo_used = 0
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
+        original = mx.fast.scaled_dot_product_attention
         for n, tap in self.taps.items():
             _set(self.layer, n, tap)
+        mx.fast.scaled_dot_product_attention = self.attention
         try:
             yield
         finally:
+            mx.fast.scaled_dot_product_attention = original
             for n, tap in self.taps.items():
                 _set(self.layer, n, tap.module)
 
-    def called(self, name: str, x: mx.array) -> None:
+    def _reuse(self, compute: Callable[[], mx.array]) -> mx.array:
+        """The result of the current event: kept from an earlier pass, or computed."""
+        pos = self.pos
+        self.pos += 1
+        key = (pos, self.batch)
+        if key in self.memo:
+            return self.memo[key]
+        y = compute()
+        final = pos < len(self.ready) and self.ready[pos] < self.stage
+        if final and self.memo_used + y.nbytes <= self.memo_bytes:
+            mx.eval(y)
+            self.memo[key] = y
+            self.memo_used += y.nbytes
+        return y
+
+    def attention(self, queries, keys, values, *, scale, mask=None, sinks=None, stream=None):
         if self.mode == "discover":
-            self.calls.append((name, x))  # keeping x alive keeps id(x) unique
+            self.events.append("")
+        if self.numpy:
+            fn = cpu_forward.attention
+        else:
+            fn = cpu_forward.ORIGINAL_ATTENTION
+        return self._reuse(
+            lambda: fn(queries, keys, values, scale=scale, mask=mask, sinks=sinks, stream=stream)
+        )
+
+    def linear(self, tap: _Tap, x: mx.array) -> mx.array:
+        if self.mode == "discover":
+            self.calls.append((tap.name, x))  # keeping x alive keeps id(x) unique
+            self.events.append(tap.name)
         elif self.mode == "collect":
             if self.count == self.stop_after - self.stage_len + 1:
                 self.hessian.add(x)
             self.count += 1
             if self.count == self.stop_after + 1:
                 raise _Stop
+        return self._reuse(lambda: tap.compute(x))
 
     def stages(self, x, args, kwargs) -> list[tuple[int, list[str]]]:
         """Runs of consecutive Linear calls that share one input: [(last call index, names)]."""
-        self.mode, self.calls = "discover", []
+        self.mode, self.calls, self.events, self.pos = "discover", [], [], 0
         self.layer(x, *args, **kwargs)
         self.mode = "pass"
         out: list[tuple[int, list[str]]] = []
@@ -166,20 +218,43 @@ class _LayerDriver:
                 out.append((i, [name]))
             prev = inp
         self.calls = []
+        stage_of = {n: k for k, (_, names) in enumerate(out) for n in names}
+        self.ready, last = [], -1
+        for name in self.events:
+            if name:
+                last = max(last, stage_of[name])
+                self.ready.append(stage_of[name])
+            else:
+                self.ready.append(last)
+        self.stage = 0
         return out
 
-    def collect(self, stage_end: int, stage_len: int, dim: int, backend: str, batches) -> Hessian:
+    def collect(self, stage: int, stage_end: int, stage_len: int, dim: int, backend: str, batches):
         """Hessian of one stage's input over all batches, stopping each pass at the stage."""
         self.mode, self.stop_after, self.stage_len = "collect", stage_end, stage_len
+        self.stage = stage
         self.hessian = Hessian(dim, backend)
-        for x, args, kwargs in batches:
-            self.count = 0
+        for b, (x, args, kwargs) in enumerate(batches):
+            self.count, self.pos, self.batch = 0, 0, b
             try:
                 self.layer(x, *args, **kwargs)
             except _Stop:
                 pass
         self.mode = "pass"
         return self.hessian
+
+    def outputs(self, batches) -> list[mx.array]:
+        """The layer's output on every batch, with every stage final."""
+        self.mode, self.stage = "pass", len(self.ready)
+        out = []
+        for b, (x, args, kwargs) in enumerate(batches):
+            self.pos, self.batch = 0, b
+            y = self.layer(x, *args, **kwargs)
+            mx.eval(y)
+            out.append(y)
+        self.memo.clear()
+        self.memo_used = 0
+        return out
 
 
 @contextlib.contextmanager
@@ -242,6 +317,33 @@ def _quantized_module(module, wq, scales, biases, bits: int, group_size: int):
     return q
 
 
+def _gptq_layer(
+    driver: _LayerDriver, planned: Mapping[str, tuple[int, int]], batches, backend: str, options
+) -> Iterator[tuple[str, Quantized]]:
+    """GPTQ of one layer's planned Linears, stage by stage; yields (name, quantized).
+
+    The caller must install each result into the layer before the next is requested,
+    so that later stages see the earlier stages' quantized outputs.
+    """
+    x, args, kwargs = batches[0]
+    if x.shape[0] > 1 and not any(
+        isinstance(a, mx.array) and a.ndim and a.shape[0] == x.shape[0]
+        for a in (*args, *kwargs.values())
+    ):
+        x = x[:1]  # the call structure does not depend on the batch size
+    stages = driver.stages(x, args, kwargs)
+    for k, (end, names) in enumerate(stages):
+        todo = [n for n in names if n in planned]
+        if not todo:
+            continue
+        dim = driver.taps[todo[0]].module.weight.shape[1]
+        hess = driver.collect(k, end, len(names), dim, backend, batches)
+        for n in todo:
+            bits, gs = planned[n]
+            weight = driver.taps[n].module.weight
+            yield n, gptq_quantize(weight, hess, bits, gs, backend=backend, **options)
+
+
 def gptq_model(
     model: nn.Module,
     plan: Mapping[str, tuple[int, int]],
@@ -289,6 +391,7 @@ def gptq_model(
                 f"{group_size}"
             )
 
+    options = dict(block_size=block_size, damp=damp, act_order=act_order, params=params)
     results: dict[str, Quantized] = {}
     batches = _batches(tokens, batch_size)
     # Modules outside the decoder layers (embeddings, a separate lm_head) first, so the
@@ -310,50 +413,27 @@ def gptq_model(
     attention = cpu_forward.numpy_attention() if use_numpy else contextlib.nullcontext()
     with attention:
         captured = _capture(model, layers, batches)
-        hs = [h for h, _ in captured]
-        for li, layer in enumerate(layers):
-            lp = f"{prefix}.{li}."
-            driver = _LayerDriver(layer, use_numpy)
-            planned = {n: plan[lp + n] for n in driver.names if lp + n in plan}
-            batch_args = [(hs[b], *captured[b][1][li]) for b in range(len(batches))]
-            with _float32(layer, driver.names), driver.installed():
-                if planned:
-                    stages = driver.stages(*batch_args[0])
-                    for end, names in stages:
-                        todo = [n for n in names if n in planned]
-                        if not todo:
-                            continue
-                        dim = driver.taps[todo[0]].module.weight.shape[1]
-                        hess = driver.collect(end, len(names), dim, backend, batch_args)
-                        for n in todo:
-                            bits, gs = planned[n]
-                            mod = driver.taps[n].module
-                            q = gptq_quantize(
-                                mod.weight,
-                                hess,
-                                bits,
-                                gs,
-                                block_size=block_size,
-                                damp=damp,
-                                act_order=act_order,
-                                params=params,
-                                backend=backend,
-                            )
-                            results[lp + n] = q
-                            if not replace:
-                                restore.append((mod, mod.weight))
-                            mod.weight = dequantize_tensor(*q, bits, gs).astype(mod.weight.dtype)
-                            driver.taps[n].refresh()
-                        report(f"layer {li}: GPTQ {', '.join(todo)}")
-                new_hs = []
-                for x, args, kwargs in batch_args:
-                    y = layer(x, *args, **kwargs)
-                    mx.eval(y)
-                    new_hs.append(y)
-                hs = new_hs
-            if replace:
-                for n, (bits, gs) in planned.items():
-                    _set(layer, n, _quantized_module(_get(layer, n), *results[lp + n], bits, gs))
+    hs = [h for h, _ in captured]
+    for li, layer in enumerate(layers):
+        lp = f"{prefix}.{li}."
+        driver = _LayerDriver(layer, use_numpy)
+        planned = {n: plan[lp + n] for n in driver.names if lp + n in plan}
+        batch_args = [(hs[b], *captured[b][1][li]) for b in range(len(batches))]
+        with _float32(layer, driver.names), driver.installed():
+            if planned:
+                for n, q in _gptq_layer(driver, planned, batch_args, backend, options):
+                    results[lp + n] = q
+                    mod = driver.taps[n].module
+                    if not replace:
+                        restore.append((mod, mod.weight))
+                    bits, gs = planned[n]
+                    mod.weight = dequantize_tensor(*q, bits, gs).astype(mod.weight.dtype)
+                    driver.taps[n].refresh()
+                report(f"layer {li}: GPTQ {', '.join(planned)}")
+            hs = driver.outputs(batch_args)
+        if replace:
+            for n, (bits, gs) in planned.items():
+                _set(layer, n, _quantized_module(_get(layer, n), *results[lp + n], bits, gs))
     for module, weight in restore:
         module.weight = weight
 
@@ -367,10 +447,11 @@ class _SquareSums:
         self.numpy = numpy
         self.sums: dict[str, np.ndarray] = {}
 
-    def called(self, name: str, x: mx.array) -> None:
+    def linear(self, tap: _Tap, x: mx.array) -> mx.array:
         a = to_numpy32(x).reshape(-1, x.shape[-1])
         s = np.einsum("ij,ij->j", a, a)
-        self.sums[name] = s if name not in self.sums else self.sums[name] + s
+        self.sums[tap.name] = s if tap.name not in self.sums else self.sums[tap.name] + s
+        return tap.compute(x)
 
 
 def activation_importance(
