@@ -96,3 +96,24 @@ def test_generate(tiny_bundle, capsys):
     assert cli.main(["generate", str(out), "-p", "w1 w2 w3", "-n", "5", "--stock"]) == 0
     captured = capsys.readouterr()
     assert "generated" in captured.err and "tok/s" in captured.err
+
+
+def test_convert_with_an_edited_plan(tiny_bundle, tmp_path, capsys):
+    """`jang plan` -> edit -> `jang convert --plan` (no profile or --bits needed)."""
+    src, _ = tiny_bundle
+    plan_path = tmp_path / "plan.json"
+    assert cli.main(["plan", str(src), "--bits", "3.5", "-o", str(plan_path)]) == 0
+    plan = json.loads(plan_path.read_text())
+    name = next(n for n, t in plan["tensors"].items() if t["quantized"])
+    plan["tensors"][name]["bits"] = 8
+    plan_path.write_text(json.dumps(plan))
+    out = tmp_path / "b"
+    args = ["convert", str(src), "-o", str(out), "--plan", str(plan_path), "--method", "rtn"]
+    assert cli.main([*args, "--quiet"]) == 0
+    manifest = json.loads((out / "jang.json").read_text())
+    entry = next(e for e in manifest["tensors"].values() if name in e["source"]["names"])
+    assert entry["bits"] == 8
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--bits", "3"])  # a plan already fixes the size
+    assert "not allowed with argument" in capsys.readouterr().err

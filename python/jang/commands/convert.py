@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("-p", "--profile", help="JANG profile, e.g. JANG_2S, JANG_4M, JANG_3K")
     size.add_argument("--bits", type=float, help="target bits per weight, all-in (e.g. 2.5)")
+    size.add_argument(
+        "--plan", type=Path, help="use this plan JSON (from `jang plan`, maybe edited) as is"
+    )
     parser.add_argument(
         "--method",
         choices=["rtn", "clip", "gptq"],
@@ -53,7 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="rescale each row to undo the shrinkage of MSE rounding (default: on for clip)",
     )
-    parser.add_argument("--plan", type=Path, help="use this plan JSON (from `jang plan`) as is")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="no progress output")
