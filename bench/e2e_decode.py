@@ -5,7 +5,8 @@ jang.source and dequantized to fp16), quantized in-process with mlx-lm's `nn.qua
 three variants, then decoded greedily with a KV cache. Stock and jang run alternately in the
 same process on the same model object (`use_jang_kernels(model, enabled=...)`).
 
-Variants (stand-ins until the converter writes real bundles):
+Variants (stand-ins written before the converter existed; bench/llama_cpp_decode.py decodes
+the real JANG_2S / JANG_4K bundles and llama.cpp on the same GGUF):
   uniform-4   every linear and the tied embedding at 4 bits, group size 64
   mixed-2/6   MLP at 2 bits (gs 64), attention and embedding at 6 bits (gs 64)  ~ JANG_2S shape
   mixed-4/8   MLP at 4 bits (gs 64), attention and embedding at 8 bits (gs 64)  ~ JANG_4K shape

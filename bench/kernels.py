@@ -162,14 +162,16 @@ def m_sweep(reps: int) -> None:
                 mx.eval(jang.qmatmul(x, q, s, b, 4, 64))
                 wall = min(wall, time.perf_counter() - t)
                 cpu = min(cpu, time.process_time() - c)
-            stock = float("nan")
+            stock_cells = " | "
             if m == 64:
                 t = time.perf_counter()
                 mx.eval(mx.quantized_matmul(x, q, s, b, group_size=64, bits=4))
                 stock = time.perf_counter() - t
+                stock_cells = f" {stock * 1e3:.0f} | {stock / wall:.0f}x "
+            name = str(dtype).removeprefix("mlx.core.")
             print(
-                f"| {dtype} | {m} | {wall * 1e3:.2f} | {cpu * 1e3:.2f} | "
-                f"{2 * m * k * n / wall / 1e9:.0f} | {stock * 1e3:.0f} | {stock / wall:.0f}x |",
+                f"| {name} | {m} | {wall * 1e3:.2f} | {cpu * 1e3:.2f} | "
+                f"{2 * m * k * n / wall / 1e9:.0f} |{stock_cells}|",
                 flush=True,
             )
 

@@ -21,6 +21,7 @@ ISAS = [
         ("scalar", True),
         ("avx2", _ext.cpu_simd_level() in ("avx2", "avx512")),
         ("avx512", _ext.cpu_simd_level() == "avx512"),
+        ("neon", _ext.cpu_simd_level() == "neon"),
     ]
     if ok
 ]
@@ -179,7 +180,7 @@ def test_bad_arguments(args, message):
 
 
 def test_isa_selection(isa):
-    assert _ext.cpu_kernel_isa() in ("scalar", "avx2", "avx512")
+    assert _ext.cpu_kernel_isa() in ("scalar", "avx2", "avx512", "neon")
     with pytest.raises(ValueError, match="must be one of"):
         isa("sse9")
     assert isa("scalar") in ISAS

@@ -45,7 +45,8 @@ void dequantize_all(
     int group_size) {
   const int64_t groups = scales.shape(-1);
   const int64_t row_len = groups * group_size;
-  const int64_t rows = row_len ? static_cast<int64_t>(scales.size()) / groups : 0;
+  const int64_t rows =
+      row_len ? static_cast<int64_t>(scales.size()) / groups : 0;
   std::vector<uint32_t> w_scratch;
   std::vector<T> s_scratch, b_scratch;
   for (int64_t r = 0; r < rows; ++r) {
@@ -68,28 +69,27 @@ void dispatch_bits(
     int bits,
     int group_size) {
   switch (bits) {
-    case 2:
-      return dequantize_all<T, 2>(w, scales, biases, out, group_size);
-    case 3:
-      return dequantize_all<T, 3>(w, scales, biases, out, group_size);
-    case 4:
-      return dequantize_all<T, 4>(w, scales, biases, out, group_size);
-    case 5:
-      return dequantize_all<T, 5>(w, scales, biases, out, group_size);
-    case 6:
-      return dequantize_all<T, 6>(w, scales, biases, out, group_size);
-    case 8:
-      return dequantize_all<T, 8>(w, scales, biases, out, group_size);
-    default:
-      throw std::invalid_argument("[jang.dequantize] unsupported bits");
+  case 2:
+    return dequantize_all<T, 2>(w, scales, biases, out, group_size);
+  case 3:
+    return dequantize_all<T, 3>(w, scales, biases, out, group_size);
+  case 4:
+    return dequantize_all<T, 4>(w, scales, biases, out, group_size);
+  case 5:
+    return dequantize_all<T, 5>(w, scales, biases, out, group_size);
+  case 6:
+    return dequantize_all<T, 6>(w, scales, biases, out, group_size);
+  case 8:
+    return dequantize_all<T, 8>(w, scales, biases, out, group_size);
+  default:
+    throw std::invalid_argument("[jang.dequantize] unsupported bits");
   }
 }
 
 } // namespace
 
 void Dequantize::eval_cpu(
-    const std::vector<mx::array>& inputs,
-    mx::array& out) {
+    const std::vector<mx::array>& inputs, mx::array& out) {
   out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& encoder = mx::cpu::get_command_encoder(stream());
   for (const auto& in : inputs) {
@@ -104,13 +104,24 @@ void Dequantize::eval_cpu(
                     bits = bits_,
                     group_size = group_size_]() {
     if (dtype == mx::float32) {
-      dispatch_bits(w, scales, biases, static_cast<float*>(out_ptr), bits, group_size);
+      dispatch_bits(
+          w, scales, biases, static_cast<float*>(out_ptr), bits, group_size);
     } else if (dtype == mx::float16) {
       dispatch_bits(
-          w, scales, biases, static_cast<mx::float16_t*>(out_ptr), bits, group_size);
+          w,
+          scales,
+          biases,
+          static_cast<mx::float16_t*>(out_ptr),
+          bits,
+          group_size);
     } else if (dtype == mx::bfloat16) {
       dispatch_bits(
-          w, scales, biases, static_cast<mx::bfloat16_t*>(out_ptr), bits, group_size);
+          w,
+          scales,
+          biases,
+          static_cast<mx::bfloat16_t*>(out_ptr),
+          bits,
+          group_size);
     } else {
       throw std::invalid_argument("[jang.dequantize] unsupported output dtype");
     }

@@ -1,8 +1,7 @@
 // eval_cpu of QMatmul, GatherQMM and MoeGateUp: convert activations into the
 // kernel layout (cpu/qmm.h), split output rows over the thread pool and call
-// the instruction set's kernel. Also the runtime choice of instruction set.
+// the instruction set's kernel (chosen at run time in cpu/cpu_features.cpp).
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -12,6 +11,7 @@
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
 
+#include "cpu/acts.h"
 #include "cpu/qmm.h"
 #include "cpu/strided.h"
 #include "cpu/thread_pool.h"
@@ -21,70 +21,9 @@
 
 namespace jang {
 
-namespace cpu {
-
-namespace {
-
-std::atomic<const Isa*> g_isa{nullptr};
-
-const Isa* best_isa() {
-#if defined(__x86_64__)
-  const auto level = cpu_simd_level();
-  if (level == "avx512") {
-    return &isa_avx512();
-  }
-  if (level == "avx2") {
-    return &isa_avx2();
-  }
-#endif
-  return &isa_scalar();
+std::string cpu_simd_level() {
+  return cpu::simd_level();
 }
-
-} // namespace
-
-const Isa& active_isa() {
-  const Isa* isa = g_isa.load(std::memory_order_acquire);
-  if (isa == nullptr) {
-    isa = best_isa();
-    g_isa.store(isa, std::memory_order_release);
-  }
-  return *isa;
-}
-
-const char* set_isa(const char* name) {
-  const char* previous = active_isa().name;
-  const std::string want(name);
-  const Isa* isa = nullptr;
-  const auto level = cpu_simd_level();
-  if (want == "auto") {
-    isa = best_isa();
-  } else if (want == "scalar") {
-    isa = &isa_scalar();
-#if defined(__x86_64__)
-  } else if (want == "avx2") {
-    if (level != "avx2" && level != "avx512") {
-      throw std::invalid_argument(
-          "[jang.set_cpu_kernel_isa] this CPU lacks AVX2 + FMA");
-    }
-    isa = &isa_avx2();
-  } else if (want == "avx512") {
-    if (level != "avx512") {
-      throw std::invalid_argument(
-          "[jang.set_cpu_kernel_isa] this CPU lacks AVX-512 F/BW/VL");
-    }
-    isa = &isa_avx512();
-#endif
-  } else {
-    throw std::invalid_argument(
-        "[jang.set_cpu_kernel_isa] name must be one of auto, scalar, avx2, "
-        "avx512 (on x86-64); got '" +
-        want + "'");
-  }
-  g_isa.store(isa, std::memory_order_release);
-  return previous;
-}
-
-} // namespace cpu
 
 std::string cpu_kernel_isa() {
   return cpu::active_isa().name;
@@ -159,44 +98,27 @@ void prepare_acts(
     const Isa& isa, const mx::array& x, int bits, int group_size, Acts& acts) {
   const int64_t k = x.shape(-1);
   const int64_t rows = k ? static_cast<int64_t>(x.size()) / k : 0;
-  const int lanes = isa.lanes;
   const int codes = codes_per_pack(bits);
-  const int64_t lc = static_cast<int64_t>(lanes) * codes;
-  const int64_t groups = k / group_size;
-  acts.kp = cpu::padded_k(k, lanes, codes);
-  acts.gp = cpu::padded_groups(groups);
-  acts.x.assign(rows * acts.kp, 0.0f);
-  acts.xsum.assign(rows * acts.gp, 0.0f);
+  acts.kp = cpu::padded_k(k, isa.lanes, codes);
+  acts.gp = cpu::padded_groups(k / group_size);
+  acts.x.resize(rows * acts.kp);
+  acts.xsum.resize(rows * acts.gp);
   const auto type = elem_type(x.dtype());
   const int64_t itemsize = x.itemsize();
   const int64_t stride = x.ndim() ? x.strides().back() : 1;
   const char* base = x.data<char>();
-  // Codes read in place arrive as q * 2^shift: pre-scale their activations
-  // by 2^-shift (exact for normal floats).
-  float scale[32];
-  for (int t = 0; t < codes; ++t) {
-    scale[t] = std::ldexp(1.0f, -affine::activation_shift(bits, t));
-  }
   auto prepare_row = [&](int64_t r, std::vector<float>& tmp) {
     tmp.resize(k);
     isa.to_f32(
         base + cpu::row_offset(x, r) * itemsize, type, k, stride, tmp.data());
-    float* dst = acts.x.data() + r * acts.kp;
-    for (int64_t i = 0; i < k; ++i) {
-      const int64_t blk = i / lc;
-      const int64_t in = i - blk * lc;
-      const int64_t j = in / codes;
-      const int64_t t = in - j * codes;
-      dst[blk * lc + t * lanes + j] = tmp[i] * scale[t];
-    }
-    float* sums = acts.xsum.data() + r * acts.gp;
-    for (int64_t g = 0; g < groups; ++g) {
-      float acc = 0.0f;
-      for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) {
-        acc += tmp[i];
-      }
-      sums[g] = acc;
-    }
+    cpu::pack_activation_row(
+        tmp.data(),
+        k,
+        isa.lanes,
+        bits,
+        group_size,
+        acts.x.data() + r * acts.kp,
+        acts.xsum.data() + r * acts.gp);
   };
   const int64_t tasks =
       rows >= 64 ? std::min<int64_t>(rows, 4 * cpu::num_threads()) : 1;

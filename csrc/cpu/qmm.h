@@ -65,13 +65,19 @@ const Isa& isa_scalar();
 #if defined(__x86_64__)
 const Isa& isa_avx2();
 const Isa& isa_avx512();
+#elif defined(__aarch64__)
+const Isa& isa_neon();
 #endif
+
+/// Best SIMD level of this CPU: "avx512", "avx2", "neon" or "scalar".
+const char* simd_level();
 
 /// The instruction set the kernels use now: the best this CPU has, unless
 /// set_isa() chose another (tests compare SIMD against scalar that way).
 const Isa& active_isa();
 
-/// Select "scalar", "avx2", "avx512" or "auto"; returns the previous name.
+/// Select "scalar", "avx2", "avx512" (x86-64), "neon" (aarch64) or "auto";
+/// returns the previous name.
 /// Throws std::invalid_argument when the CPU lacks the instruction set.
 const char* set_isa(const char* name);
 

@@ -1,9 +1,10 @@
 // The quantized matmul kernel, written once over a small SIMD abstraction `V`
 // and compiled once per instruction set (qmm_scalar.cpp, qmm_avx2.cpp,
-// qmm_avx512.cpp). Each of those files defines JANG_ISA (a namespace name) and
-// the struct V inside namespace jang::cpu::JANG_ISA, then includes this file,
-// so every function here is distinct per instruction set (no inline function
-// compiled with AVX-512 can be picked by the linker for the scalar path).
+// qmm_avx512.cpp, qmm_neon.cpp). Each of those files defines JANG_ISA (a
+// namespace name) and the struct V inside namespace jang::cpu::JANG_ISA, then
+// includes this file, so every function here is distinct per instruction set
+// (no inline function compiled with AVX-512 can be picked by the linker for the
+// scalar path).
 //
 // V provides: L (lanes), F (float vector), I (uint32 vector), zero(),
 // set1(float), loadu / storeu, fma(a, b, c) = a*b + c, add, mul, hsum,

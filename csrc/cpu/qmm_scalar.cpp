@@ -1,6 +1,6 @@
 // Scalar instance of the quantized matmul kernel: one lane, plain C++. This is
 // the reference the SIMD instances are tested against, and the path on CPUs
-// without AVX2 (or NEON, for now).
+// with neither AVX2 + FMA nor NEON.
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>

@@ -88,11 +88,11 @@ mx::array moe_gate_up(
     mx::StreamOrDevice s = {});
 
 /// The instruction set jang's CPU matmul kernels use now ("avx512", "avx2",
-/// "scalar").
+/// "neon", "scalar").
 std::string cpu_kernel_isa();
 
-/// Force the CPU kernels onto "scalar", "avx2" or "avx512" ("auto" = best
-/// available); returns the previous choice. For testing and benchmarking.
+/// Force the CPU kernels onto "scalar", "avx2", "avx512" or "neon" ("auto" =
+/// best available); returns the previous choice. For testing and benchmarking.
 /// Throws std::invalid_argument if this CPU lacks the instruction set.
 std::string set_cpu_kernel_isa(const std::string& name);
 

@@ -188,14 +188,14 @@ Returns:
   m.def(
       "cpu_kernel_isa",
       &jang::cpu_kernel_isa,
-      "Instruction set the CPU matmul kernels use now: avx512, avx2 or "
-      "scalar.");
+      "Instruction set the CPU matmul kernels use now: avx512, avx2, neon "
+      "or scalar.");
   m.def(
       "set_cpu_kernel_isa",
       &jang::set_cpu_kernel_isa,
       "name"_a,
-      "Force the CPU matmul kernels onto 'scalar', 'avx2' or 'avx512' ('auto' "
-      "= best); "
+      "Force the CPU matmul kernels onto 'scalar', 'avx2', 'avx512' (x86-64) "
+      "or 'neon' (aarch64) ('auto' = best); "
       "returns the previous choice. Raises ValueError if the CPU lacks it.");
   m.def(
       "cpu_num_threads",
