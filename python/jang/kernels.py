@@ -108,8 +108,9 @@ try:  # mlx-lm is optional for the kernels themselves
     class JangSwitchGLU(SwitchGLU):
         """SwitchGLU whose gate, up and SwiGLU run as one ``jang.moe_gate_up`` pass.
 
-        Expert weights are read once per step for all tokens routed to them, so the
-        token sort of the stock path is not needed.
+        The primitive groups tokens by expert itself where that pays (the Metal
+        sorted-token prefill path), so the caller never sorts tokens as the stock
+        path does.
         """
 
         def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
