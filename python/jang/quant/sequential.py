@@ -99,15 +99,10 @@ class _Tap:
 
     def refresh(self) -> None:
         """Re-read the module's weights (after they were replaced by quantized ones)."""
-        m = self.module
-        if self._driver.numpy:
-            self._w = to_numpy32(m.weight)
-            self._b = to_numpy32(m.bias) if "bias" in m else None
+        self._run = cpu_forward._NumpyLinear(self.module) if self._driver.numpy else self.module
 
     def compute(self, x: mx.array) -> mx.array:
-        if self._driver.numpy:
-            return cpu_forward.linear(x, self._w, self._b)
-        return self.module(x)
+        return self._run(x)
 
     def __getattr__(self, key):
         return getattr(self.module, key)
@@ -410,9 +405,9 @@ def gptq_model(
             module.weight = dequantize_tensor(*q, bits, gs).astype(module.weight.dtype)
         report(f"{path}: clip (outside the decoder layers)")
 
-    attention = cpu_forward.numpy_attention() if use_numpy else contextlib.nullcontext()
-    with attention:
-        captured = _capture(model, layers, batches)
+    # Capturing stops at the first layer, before any attention; inside the layers the
+    # driver routes attention itself (`_LayerDriver.installed`).
+    captured = _capture(model, layers, batches)
     hs = [h for h, _ in captured]
     for li, layer in enumerate(layers):
         lp = f"{prefix}.{li}."
