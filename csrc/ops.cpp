@@ -127,7 +127,7 @@ mx::array dequantize(
     mx::StreamOrDevice s) {
   auto out_shape = dequantize_output_shape(w, scales, biases, bits, group_size);
   auto stream = mx::to_stream(s);
-  if (stream.device == mx::Device::gpu && !metal_enabled()) {
+  if (stream.device == mx::Device::gpu && !metal_enabled() && !cuda_enabled()) {
     throw std::runtime_error(
         "[jang.dequantize] this build of jang has no GPU kernels; "
         "run it on the CPU (stream=mx.cpu)");
@@ -141,6 +141,14 @@ mx::array dequantize(
 
 bool metal_enabled() {
 #ifdef JANG_METAL
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool cuda_enabled() {
+#ifdef JANG_CUDA
   return true;
 #else
   return false;

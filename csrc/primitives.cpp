@@ -48,7 +48,7 @@ std::pair<std::vector<mx::array>, std::vector<int>> Dequantize::vmap(
       {0}};
 }
 
-#ifndef JANG_METAL
+#if !defined(JANG_METAL) && !defined(JANG_CUDA)
 void Dequantize::eval_gpu(const std::vector<mx::array>&, mx::array&) {
   throw std::runtime_error(
       "[jang.dequantize] this build of jang has no GPU kernels");

@@ -48,7 +48,7 @@ void check_integer(const char* op, const char* name, const mx::array& a) {
 }
 
 void check_stream(const char* op, const mx::Stream& stream) {
-  if (stream.device == mx::Device::gpu && !metal_enabled()) {
+  if (stream.device == mx::Device::gpu && !metal_enabled() && !cuda_enabled()) {
     throw std::runtime_error(
         std::string("[") + op +
         "] this build of jang has no GPU kernels; run it on the CPU "
@@ -536,7 +536,7 @@ std::pair<std::vector<mx::array>, std::vector<int>> MoeGateUp::vmap(
   return {{out}, {0}};
 }
 
-#ifndef JANG_METAL
+#if !defined(JANG_METAL) && !defined(JANG_CUDA)
 void QMatmul::eval_gpu(const std::vector<mx::array>&, mx::array&) {
   throw std::runtime_error(
       "[jang.qmatmul] this build of jang has no GPU kernels");

@@ -106,6 +106,9 @@ std::string cpu_simd_level();
 /// Whether this build of jang carries Metal kernels (jang.metallib).
 bool metal_enabled();
 
+/// Whether this build carries CUDA kernels (MLX's CUDA backend).
+bool cuda_enabled();
+
 /// The MLX version jang was compiled against ("major.minor.patch").
 std::string mlx_version_built();
 

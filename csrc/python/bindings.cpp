@@ -211,6 +211,10 @@ Returns:
       &jang::metal_enabled,
       "Whether this build carries Metal kernels.");
   m.def(
+      "cuda_enabled",
+      &jang::cuda_enabled,
+      "Whether this build carries CUDA kernels (MLX's CUDA backend).");
+  m.def(
       "mlx_version_built",
       &jang::mlx_version_built,
       "MLX version the extension was compiled against.");

@@ -33,9 +33,12 @@ def kernels_enabled() -> bool:
 
 
 def _runs_here() -> bool:
-    """jang's kernels serve this call: the CPU, or a GPU when the build has Metal kernels."""
+    """jang's kernels serve this call: the CPU, or a GPU when the build has Metal or CUDA kernels."""
     ext = load_extension()
-    return mx.default_device() == mx.cpu or ext.metal_enabled()
+    if mx.default_device() == mx.cpu or ext.metal_enabled():
+        return True
+    cuda_enabled = getattr(ext, "cuda_enabled", None)  # absent from older builds
+    return cuda_enabled is not None and cuda_enabled()
 
 
 def _eligible(module: nn.Module) -> bool:

@@ -1,0 +1,148 @@
+// Plain structs shared by the CUDA kernels (csrc/cuda/*.cu, compiled by nvcc)
+// and the host code that launches them through MLX (csrc/cuda/eval_gpu.cpp,
+// compiled by the C++ compiler: nvcc cannot parse MLX's headers). Nothing here
+// includes MLX or CUDA headers.
+#pragma once
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define JANG_HD __host__ __device__
+#else
+#define JANG_HD
+#endif
+
+namespace jang::cuda {
+
+enum class DT : int { f32 = 0, f16 = 1, bf16 = 2 };
+
+constexpr int kMaxDims = 8;
+
+// An array's shape and element strides; the kernels read strided activations
+// and index arrays through it.
+struct Strided {
+  int ndim;
+  int shape[kMaxDims];
+  int64_t strides[kMaxDims];
+};
+
+// Offset (in elements) of row `r` of an array whose last dimension is the row:
+// the row-major walk over every dimension but the last.
+JANG_HD inline int64_t row_offset(const Strided& s, int64_t r) {
+  int64_t off = 0;
+  for (int d = s.ndim - 2; d >= 0; --d) {
+    off += (r % s.shape[d]) * s.strides[d];
+    r /= s.shape[d];
+  }
+  return off;
+}
+
+// Offset of the i-th element in row-major order.
+JANG_HD inline int64_t elem_offset(const Strided& s, int64_t i) {
+  int64_t off = 0;
+  for (int d = s.ndim - 1; d >= 0; --d) {
+    off += (i % s.shape[d]) * s.strides[d];
+    i /= s.shape[d];
+  }
+  return off;
+}
+
+// One batched quantized matmul on the tensor cores: for each z < gridDim.z,
+//   out[z] (m, n) = x[xb(z)] (m, k) @ dequantize(w[e(z)]).T
+// with xb(z) = lhs ? lhs[z] : z / x_div and e(z) = rhs ? rhs[z] : z; an
+// index out of range gives zeros. x, w, scales, biases are row-contiguous,
+// x 16-byte aligned.
+struct QmmParams {
+  const void* x;
+  const uint32_t* w;
+  const void* scales;
+  const void* biases;
+  void* out;
+  const uint32_t* lhs;
+  const uint32_t* rhs;
+  int64_t x_batch;   // elements between activation batches of x
+  int64_t w_batch;   // words between experts of w
+  int64_t s_batch;   // elements between experts of scales / biases
+  int64_t out_batch; // elements between outputs of consecutive z
+  int m, n, k;
+  int x_div;
+  int x_batches; // valid range of xb(z)
+  int experts;   // valid range of e(z)
+  int aligned;   // w rows allow 16-byte loads
+};
+
+// The same product on the CUDA cores for any float types (fp32 activations,
+// mixed dtypes): one warp per output element, fp32 arithmetic.
+struct GenericParams {
+  const void* x;
+  Strided xs; // x viewed as (rows, k); row = xb * m + i
+  const uint32_t* w;
+  const void* scales;
+  const void* biases;
+  void* out;
+  const uint32_t* lhs;
+  const uint32_t* rhs;
+  int64_t w_batch, s_batch, out_batch;
+  int m, n, k, group_size;
+  int x_div, x_batches, experts;
+  int xdt, sdt, bdt, odt; // DT
+};
+
+struct DequantParams {
+  const uint32_t* w;
+  const void* scales;
+  const void* biases;
+  void* out;
+  int64_t rows;
+  int k, group_size;
+};
+
+struct CopyParams {
+  const void* src;
+  Strided s;
+  void* dst;
+  int64_t total;
+};
+
+struct SwigluParams {
+  const float* gate;
+  const float* up;
+  void* out;
+  int64_t total;
+};
+
+// Kernel handles (CUfunction), resolved in this library's CUDA runtime with
+// cudaGetFuncBySymbol so that MLX's own runtime can launch them. nullptr when
+// the combination is not compiled.
+void* qmm_function(
+    DT t, int bits, int group_size, int mt, int rt, bool out_f32);
+void* generic_function(int bits);
+void* dequant_function(DT t, int bits);
+void* copy_function(int elem_bytes);
+void* swiglu_function(DT t);
+
+// Multiprocessors of `device`; also makes it current for this library.
+int sm_count(int device);
+
+// Tiling shared by the host and the kernels.
+constexpr int kRowsPerWarp = 16;
+// Units (32 codes) each lane reads per row and chunk: U * bits words, a
+// multiple of 4 so that a lane's words come in 16-byte loads.
+JANG_HD constexpr int lane_units(int bits) {
+  return (bits == 2 || bits == 3 || bits == 5) ? 4 : bits == 8 ? 1 : 2;
+}
+
+// Threads per block of qmm_kernel for MT m tiles of 8 activation rows and RT
+// tiles of 16 weight rows per warp: 16 warps at most, 8 where the
+// accumulators and weights need more registers.
+JANG_HD constexpr int qmm_max_threads(int mt, int rt) {
+  return (mt * rt >= 4 || rt > 1) ? 256 : 512;
+}
+
+// Weight-row tiles per warp: 2 (activation fragments reused by 32 rows) from
+// 5 activation rows on, where the activation loads would bound the kernel.
+JANG_HD constexpr int qmm_rt(int mt, int m) {
+  return (m > 4 && mt <= 4) ? 2 : 1;
+}
+
+} // namespace jang::cuda
