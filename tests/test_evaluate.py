@@ -145,3 +145,33 @@ def test_multiple_choice_picks_the_most_likely_continuation(tiny):
     assert lo < 2 / 3 < hi
     scores = ev.choice_loglik(engine, tok, qs[1], ev.bos_id(tok))
     assert scores[0] > scores[1] and scores[0] == pytest.approx(2 * scores[0] / 2)
+
+
+class _Digits:
+    """A tokenizer of space-separated integers."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [int(t) for t in text.split()]
+
+
+def test_continuations_are_judged_by_reference_perplexity_and_loops():
+    V = 10
+    favoured, other = math.log(0.5), math.log(0.5 / (V - 1))
+
+    def ref(ids):  # the next token is (t + 1) % V with probability 1/2
+        logits = np.full((len(ids), V), other)
+        logits[np.arange(len(ids)), (np.asarray(ids) + 1) % V] = favoured
+        return logits
+
+    tok = _Digits()
+    ok, loop = ev.continuations(
+        lambda p: {"1 2": " 3 4 5 6 7 8", "5": " 1 1 1 1 1 1"}[p], tok, ref, prompts=["1 2", "5"]
+    )
+    assert ok.ref_ppl == pytest.approx(2.0, rel=1e-6) and ok.distinct == 1.0 and ok.coherent
+    # "5 -> 1" is off-rule (1/18), then every "1 -> 1" too: ppl 18, one distinct token in six
+    assert loop.ref_ppl == pytest.approx(2 * (V - 1), rel=1e-6)
+    assert loop.distinct == pytest.approx(1 / 6) and not loop.coherent
+    # a BOS shifts the scored positions but not the score of this position-free reference
+    (with_bos,) = ev.continuations(lambda p: " 3 4", tok, ref, prompts=["1 2"], bos=0)
+    assert with_bos.ref_ppl == pytest.approx(2.0, rel=1e-6)
+    assert ev.judge_continuation(ref, [1], []) == (math.inf, 0.0)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,14 @@ MC_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "mmlu")
 # ------------------------------------------------------------------- text ----
 
 
+TEXT_DATASETS = ("wiki", "lambada", "boolq")
+
+
 def load_text(text_file: str | Path | None = None, dataset: str | None = None) -> str:
-    """Evaluation text: a plain-text file, or a prepared dataset (``wiki``, ``lambada``)."""
+    """Text: a plain-text file, or a prepared dataset (``wiki``, ``lambada``, ``boolq``).
+
+    ``boolq`` is the BoolQ passages (Wikipedia paragraphs, not the articles of ``wiki``),
+    without their questions: calibration text that the evaluation never reads."""
     if text_file is not None:
         return Path(text_file).read_text(encoding="utf-8")
     from jang import data
@@ -57,7 +63,15 @@ def load_text(text_file: str | Path | None = None, dataset: str | None = None) -
             req = r["request"]
             seen.setdefault(r["doc_id"], req.get("context", "") + req.get("continuation", ""))
         return "\n\n".join(seen.values())
-    raise ValueError(f"unknown dataset {name!r}; choose wiki or lambada, or pass --text FILE")
+    if name == "boolq":
+        passages: dict[Any, str] = {}
+        for r in _olmo_requests("boolq/rc_0shot"):
+            context = r["request"].get("context", "")
+            passages.setdefault(r["doc_id"], context.split("\nQuestion:", 1)[0].strip())
+        return "\n\n".join(p for p in passages.values() if p)
+    raise ValueError(
+        f"unknown dataset {name!r}; choose {', '.join(TEXT_DATASETS)}, or pass --text FILE"
+    )
 
 
 def bos_id(tokenizer, config: dict[str, Any] | None = None) -> int | None:
@@ -184,6 +198,64 @@ def compare_windows(
             ref = None
         stats.add(ref, lp, ids)
     return stats.summary()
+
+
+# -------------------------------------------------------------- coherence ----
+
+COHERENCE_PROMPTS = (
+    "The Eiffel Tower is located in the city of",
+    "Once upon a time, there was a little girl who",
+    "The most important thing to remember when cooking rice is",
+)
+MAX_REF_PPL = 30.0  # the float model's perplexity of the continuation
+MIN_DISTINCT = 0.4  # distinct tokens / tokens: the float models' own greedy text scores >= 0.52 here
+
+
+@dataclass
+class Continuation:
+    """A greedy continuation judged by the float model: fluent and not a loop."""
+
+    prompt: str
+    text: str
+    ref_ppl: float  # the float reference model's perplexity of the continuation
+    distinct: float  # distinct tokens over tokens: loops ("is is is", "- - -") score low
+
+    @property
+    def coherent(self) -> bool:
+        return self.ref_ppl <= MAX_REF_PPL and self.distinct >= MIN_DISTINCT
+
+
+def judge_continuation(
+    ref: Engine, prompt_ids: list[int], cont_ids: list[int]
+) -> tuple[float, float]:
+    """(perplexity of `cont_ids` after `prompt_ids` under `ref`, distinct-token ratio)."""
+    if not cont_ids:
+        return math.inf, 0.0
+    ids = np.asarray(list(prompt_ids) + list(cont_ids))
+    lp = log_softmax(ref(ids[:-1]))
+    start = len(prompt_ids) - 1
+    nll = -lp[np.arange(start, len(ids) - 1), ids[start + 1 :]].astype(np.float64).mean()
+    return float(math.exp(nll)), len(set(cont_ids)) / len(cont_ids)
+
+
+def continuations(
+    generate: Callable[[str], str],
+    tokenizer,
+    ref: Engine,
+    prompts: Sequence[str] = COHERENCE_PROMPTS,
+    bos: int | None = None,
+) -> list[Continuation]:
+    """Greedy continuations of `prompts` by `generate`, each judged by the float `ref`
+    (`bos` first, for models that expect it)."""
+    out = []
+    for prompt in prompts:
+        text = generate(prompt)
+        prompt_ids = encode(tokenizer, prompt)
+        cont_ids = encode(tokenizer, prompt + text)[len(prompt_ids) :]
+        head = [bos] if bos is not None else []
+        ppl, distinct = judge_continuation(ref, head + prompt_ids, cont_ids)
+        out.append(Continuation(prompt, text, ppl, distinct))
+    return out
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:

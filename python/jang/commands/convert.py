@@ -46,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calib",
         type=Path,
-        help="calibration text file for --method gptq (default: built-in sample)",
+        help=(
+            "calibration text for --method gptq: a UTF-8 file, or a text prepared by "
+            "`jang data` by name (boolq: BoolQ's Wikipedia passages, ~500k tokens; lambada; "
+            "wiki). Default: a small built-in sample (few KB: windows overlap)"
+        ),
     )
     parser.add_argument("--calib-samples", type=int, default=128, help="calibration windows (gptq)")
     parser.add_argument("--calib-seq-len", type=int, default=512, help="tokens per window (gptq)")

@@ -22,8 +22,19 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
 
+DATASETS = ("boolq", "lambada", "wiki")  # prepared texts (`jang data`) usable by name
+
+
 def load_text(path: str | Path | None = None) -> str:
-    """The text of `path` (UTF-8), or the built-in sample when `path` is None."""
+    """The text of `path` (UTF-8), a prepared dataset by name (`DATASETS`; a file of that
+    name wins), or the built-in sample when `path` is None."""
+    if path is not None and str(path) in DATASETS and not Path(path).exists():
+        from jang.evaluate import load_text as dataset_text
+
+        try:
+            return dataset_text(dataset=str(path))
+        except FileNotFoundError as e:
+            raise QuantizationError(f"calibration text {path!r}: {e}") from None
     p = DEFAULT_TEXT if path is None else Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
