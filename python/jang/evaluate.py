@@ -208,7 +208,7 @@ COHERENCE_PROMPTS = (
     "The most important thing to remember when cooking rice is",
 )
 MAX_REF_PPL = 30.0  # the float model's perplexity of the continuation
-MIN_DISTINCT = 0.4  # distinct tokens / tokens: the float models' own greedy text scores >= 0.52 here
+MIN_DISTINCT = 0.4  # distinct tokens / tokens; the float models' greedy text: >= 0.52
 
 
 @dataclass
