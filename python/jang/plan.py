@@ -165,7 +165,7 @@ def decisions(
 ) -> list[Decision]:
     """Group quantizable tensors into decisions (experts of one projection share one).
 
-    `alphas` (decision key -> alpha, e.g. measured by `jang.sensitivity`) replace the
+    `alphas` (decision key -> alpha, e.g. measured by bench/sensitivity_alphas.py) replace the
     priors of the decisions they name.
     """
     arch = classified.arch

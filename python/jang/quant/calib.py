@@ -22,15 +22,13 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
 
-DATASETS = ("boolq", "lambada", "wiki")  # prepared texts (`jang data`) usable by name
-
-
 def load_text(path: str | Path | None = None) -> str:
-    """The text of `path` (UTF-8), a prepared dataset by name (`DATASETS`; a file of that
-    name wins), or the built-in sample when `path` is None."""
-    if path is not None and str(path) in DATASETS and not Path(path).exists():
-        from jang.evaluate import load_text as dataset_text
+    """The text of `path` (UTF-8), a prepared dataset by name (`jang.evaluate.TEXT_DATASETS`;
+    a file of that name wins), or the built-in sample when `path` is None."""
+    from jang.evaluate import TEXT_DATASETS
+    from jang.evaluate import load_text as dataset_text
 
+    if path is not None and str(path) in TEXT_DATASETS and not Path(path).exists():
         try:
             return dataset_text(dataset=str(path))
         except FileNotFoundError as e:
