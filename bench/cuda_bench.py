@@ -91,6 +91,22 @@ def copy_bandwidth() -> tuple[float, float | None]:
     return mlx_bw, torch_bw
 
 
+def dispatch_floor(ext, reps: int) -> str:
+    """The same timing loop over a tiny product (1x64x16): the host-side cost per op."""
+    tiny = mx.array(np.random.randint(0, 2**32, (16, 64 * 4 // 32), dtype=np.uint32))
+    ts = mx.ones((16, 1), mx.float16)
+    tx = mx.ones((1, 64), mx.float16)
+    floor = timed([lambda: ext.qmatmul(tx, tiny, ts, ts, 4, 64)], reps)
+    mfloor = timed(
+        [lambda: mx.quantized_matmul(tx, tiny, ts, ts, transpose=True, group_size=64, bits=4)],
+        reps,
+    )
+    return (
+        f"dispatch floor (1x64x16 product, host-bound): jang {floor * 1e6:.1f} us/op, "
+        f"mx.quantized_matmul {mfloor * 1e6:.1f} us/op"
+    )
+
+
 def weight_sets(n: int, k: int, bits: int, gs: int, budget: int):
     rng = np.random.default_rng(bits)
     one = n * k * bits // 8 + 2 * n * (k // gs) * 2
@@ -119,6 +135,11 @@ def main() -> None:
         action="store_true",
         help="time dependent chains (y = f(y), k == n) instead of independent products, which "
         "MLX's CUDA graphs may run concurrently",
+    )
+    ap.add_argument(
+        "--floor-only",
+        action="store_true",
+        help="only the dispatch floor line (host cost per op of jang and of MLX)",
     )
     ap.add_argument(
         "--profile",
@@ -164,6 +185,10 @@ def main() -> None:
                         )
                     )
         mx.synchronize()
+        return
+
+    if args.floor_only:
+        print(dispatch_floor(ext, args.reps))
         return
 
     mlx_bw, torch_bw = copy_bandwidth()
@@ -232,19 +257,8 @@ def main() -> None:
             )
             print(lines[-1], flush=True)
         del sets
-    tiny = mx.array(np.random.randint(0, 2**32, (16, 64 * 4 // 32), dtype=np.uint32))
-    ts = mx.ones((16, 1), mx.float16)
-    tx = mx.ones((1, 64), mx.float16)
-    floor = timed([lambda: ext.qmatmul(tx, tiny, ts, ts, 4, 64)], args.reps)
-    mfloor = timed(
-        [lambda: mx.quantized_matmul(tx, tiny, ts, ts, transpose=True, group_size=64, bits=4)],
-        args.reps,
-    )
     print()
-    print(
-        f"dispatch floor (1x64x16 product, host-bound): jang {floor * 1e6:.1f} us/op, "
-        f"mx.quantized_matmul {mfloor * 1e6:.1f} us/op"
-    )
+    print(dispatch_floor(ext, args.reps))
     print(
         f"K = {k}, N = {n}, group {gs}, fp16 activations, mean of {args.reps} reps "
         f"({time.perf_counter() - t_start:.0f} s in all)"

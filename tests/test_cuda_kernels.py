@@ -1,7 +1,7 @@
 """jang's CUDA kernels (MLX's CUDA backend) against float64 references and the CPU kernels.
 
-Every width x group size x path (M = 1, small M, 16..64-row tiles, more rows than one tile) in
-fp16 and bf16, odd sizes (n not a multiple of 16, k with a tail after the 16-byte main loop),
+Every width x group size x path (M = 1, small M through the register-streaming kernel, M > 16
+through the shared-memory tiled kernel, more rows than one tile, batched) in fp16 and bf16, odd sizes (n not a multiple of 16, k with a tail after the 16-byte main loop),
 fp32 / mixed dtypes (CUDA-core fallback), non-contiguous inputs, dequantize bit-exact with
 mx.dequantize, gather_qmm and moe_gate_up, and outputs checked fully written over poisoned
 memory. Skipped, with the reason, where jang has no CUDA kernels or no CUDA device is present.
@@ -135,6 +135,36 @@ def test_qmatmul_large_shapes(bits):
         out = run_gpu(m * 1000 * 2, jang.qmatmul, x, q, s, b, bits, 64, stream=GPU)
         x64 = f64(x)
         check(out, x64 @ w64.T, np.abs(x64) @ np.abs(w64).T, mx.float16, f"m={m}")
+
+
+@pytest.mark.parametrize(("bits", "dtype"), list(itertools.product(BITS, HALF)))
+def test_qmatmul_tiled(bits, dtype):
+    # The shared-memory tiled kernel (M > 16): whole 64-row blocks and a partial one (n = 200),
+    # k with 12 full stages of 128 codes and a 32-code tail, M on and off the 8/32/64-row tiles.
+    k = 12 * 128 + 32
+    q, s, b = quantized((200, k), bits, 32, dtype)
+    w64 = dequant64(q, s, b, bits, 32)
+    for m in (17, 32, 33, 64, 100, 128):
+        x = mx.random.normal((m, k), stream=CPU).astype(dtype, stream=CPU)
+        out = run_gpu(m * 200 * 4, jang.qmatmul, x, q, s, b, bits, 32, stream=GPU)
+        x64 = f64(x)
+        check(out, x64 @ w64.T, np.abs(x64) @ np.abs(w64).T, dtype, f"m={m}")
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_gather_qmm_tiled(bits):
+    # Batched products with M > 16 (the tiled kernel per z), indices out of range -> zeros.
+    q, s, b = quantized((3, 72, 512), bits, 64, mx.float16)
+    x = mx.random.normal((2, 40, 512), stream=CPU).astype(mx.float16, stream=CPU)
+    lhs = mx.array([1, 0, 7], mx.uint32)
+    rhs = mx.array([2, 1, 0], mx.uint32)
+    out = jang.gather_qmm(x, q, s, b, lhs, rhs, bits=bits, group_size=64, stream=GPU)
+    w64 = dequant64(q, s, b, bits, 64)
+    for i, (li, ri) in enumerate([(1, 2), (0, 1)]):
+        x64 = f64(x[li])
+        scale = np.abs(x64) @ np.abs(w64[ri]).T
+        check(out[i], x64 @ w64[ri].T, scale, mx.float16, f"pair {i}")
+    assert float(mx.abs(out[2]).max()) == 0.0
 
 
 @pytest.mark.parametrize("bits", BITS)

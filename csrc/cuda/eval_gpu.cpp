@@ -16,6 +16,10 @@
 #ifdef JANG_CUDA
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -164,6 +168,65 @@ void* need(void* fn, const char* what) {
   return fn;
 }
 
+// Tuning knobs, read once from the environment (for measurements; the
+// defaults are the measured choices of choose()): JANG_CUDA_QMV_RT (weight
+// tiles of 16 rows per warp, 1 or 2), JANG_CUDA_QMV_NWR (row groups of warps
+// per block), JANG_CUDA_QMV_WARPS (warps in flight per multiprocessor the k
+// split aims at), JANG_CUDA_TILED_M (smallest M for the tiled kernel),
+// JANG_CUDA_XS (0: never stage the activations of M <= 2 in shared memory),
+// JANG_CUDA_QMT_KS (warps per 16-row tile of the tiled kernel, 1 or 2).
+int knob(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return (v != nullptr && *v != '\0') ? std::atoi(v) : fallback;
+}
+
+struct Tuning {
+  int rt = knob("JANG_CUDA_QMV_RT", 0);
+  int nwr = knob("JANG_CUDA_QMV_NWR", 0);
+  int warps = knob("JANG_CUDA_QMV_WARPS", 0);
+  int tiled_m = knob("JANG_CUDA_TILED_M", 0);
+  int xs = knob("JANG_CUDA_XS", 1);
+  int qmt_ks = knob("JANG_CUDA_QMT_KS", 2);
+};
+
+const Tuning& tuning() {
+  static const Tuning t;
+  return t;
+}
+
+// JANG_CUDA_HOST_TIMING=1: host time spent in QMatmul::eval_gpu and in its
+// output allocation, printed at exit (to compare with MLX's own per-op cost).
+struct HostTiming {
+  bool on = knob("JANG_CUDA_HOST_TIMING", 0) != 0;
+  std::atomic<int64_t> calls{0}, total_ns{0}, alloc_ns{0}, launch_ns{0},
+      setup_ns{0};
+  ~HostTiming() {
+    if (on && calls > 0) {
+      std::fprintf(
+          stderr,
+          "[jang.cuda] QMatmul::eval_gpu: %lld calls, %.2f us/call on the host "
+          "(%.2f us/call allocating the output, %.2f us/call choosing the "
+          "kernel and its launch, %.2f us/call adding the kernel node)\n",
+          static_cast<long long>(calls.load()),
+          total_ns.load() / 1e3 / calls.load(),
+          alloc_ns.load() / 1e3 / calls.load(),
+          setup_ns.load() / 1e3 / calls.load(),
+          launch_ns.load() / 1e3 / calls.load());
+    }
+  }
+};
+
+HostTiming& host_timing() {
+  static HostTiming t;
+  return t;
+}
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 template <typename P>
 void launch(
     cu::CommandEncoder& enc,
@@ -172,9 +235,14 @@ void launch(
     dim3 block,
     uint32_t smem,
     P params) {
+  auto& ht = host_timing();
+  const int64_t t0 = ht.on ? now_ns() : 0;
   void* args[] = {&params};
   enc.add_kernel_node_raw(
       static_cast<CUfunction>(fn), grid, block, dim3(1, 1, 1), smem, args);
+  if (ht.on) {
+    ht.launch_ns += now_ns() - t0;
+  }
 }
 
 mx::array temporary(cu::CommandEncoder& enc, mx::Shape shape, mx::Dtype t) {
@@ -237,15 +305,65 @@ struct Batch {
   int64_t out_batch = 0;            // per z
 };
 
-int tile_mt(int m) {
-  return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8;
+// The kernel for a product of m activation rows at `bits`, as measured with
+// bench/cuda_kernels.cu on an H200 (K = N = 8192, bench/results/cuda_h200.md):
+// qmt_kernel from 17 rows on, and from 9 rows for 2/3/5/6 bits (32-row blocks
+// up to 64 rows at 2/4 bits, else 64-row blocks); qmv_kernel below, with two
+// 16-row tiles per warp (the activation fragments reused) except at 8 bits and
+// at M <= 2, where the activations are staged in shared memory (not at 5/8
+// bits, whose M = 1..2 kernels were measured faster without).
+struct Choice {
+  bool tiled;
+  int mt; // tiled: m tiles of 8 rows per block
+  int rt, nwr, warps;
+  bool xs;
+};
+
+Choice choose(int bits, int m) {
+  const auto& tu = tuning();
+  Choice c{};
+  c.tiled = tu.tiled_m > 0 ? m >= tu.tiled_m
+                           : (m > 16 || (m > 8 && bits != 4 && bits != 8));
+  c.mt = m <= 16                                 ? 2
+         : m <= 32                               ? 4
+         : (m <= 64 && (bits == 2 || bits == 4)) ? 4
+                                                 : 8;
+  const bool small = m <= 2;
+  c.xs = tu.xs != 0 && small && bits != 5 && bits != 8;
+  c.rt = tu.rt > 0 ? tu.rt : ((bits == 8 || c.xs) ? 1 : 2);
+  c.nwr = tu.nwr > 0 ? tu.nwr : 1;
+  c.warps = tu.warps > 0 ? tu.warps : (c.rt == 1 ? 16 : 8);
+  return c;
+}
+
+void set_arrays(
+    cu::CommandEncoder& enc,
+    const mx::array& x,
+    const mx::array& w,
+    const mx::array& scales,
+    const mx::array& biases,
+    const Batch& b,
+    const mx::array& out) {
+  enc.set_input_array(x);
+  enc.set_input_array(w);
+  enc.set_input_array(scales);
+  enc.set_input_array(biases);
+  if (b.lhs) {
+    enc.set_input_array(*b.lhs);
+  }
+  if (b.rhs) {
+    enc.set_input_array(*b.rhs);
+  }
+  enc.set_output_array(out);
 }
 
 // out (z, m, n) = x @ dequantize(w).T on the tensor cores; x, scales and
 // biases of the 16-bit type T (the output is T, or fp32 when out_f32).
+// M <= 16 (and the fp32 output of moe_gate_up): qmv_kernel, weights streamed
+// through registers, k split over the warps of a block; larger M: qmt_kernel,
+// 64 weight rows x up to 64 activation rows per block through shared memory.
 void qmm_fast(
     cu::CommandEncoder& enc,
-    const mx::Stream& s,
     const mx::array& x, // (x_batches * m, k), any strides
     const mx::array& w,
     const mx::array& scales,
@@ -259,11 +377,7 @@ void qmm_fast(
     const Batch& b,
     bool out_f32) {
   auto xc = contiguous(enc, x, true);
-  const int mt = out_f32 ? 1 : tile_mt(m);
-  const int rt = out_f32 ? 1 : cuda::qmm_rt(mt, m);
-  void* fn = need(
-      cuda::qmm_function(dt_of(x.dtype()), bits, group_size, mt, rt, out_f32),
-      "qmm");
+  const auto& tu = tuning();
   cuda::QmmParams p{};
   p.x = ptr(xc);
   p.w = ptr<uint32_t>(w);
@@ -285,43 +399,80 @@ void qmm_fast(
   const int64_t kw = static_cast<int64_t>(k) * bits / 32;
   p.aligned = (kw % 4 == 0) && (b.w_batch % 4 == 0) &&
               (reinterpret_cast<uintptr_t>(p.w) % 16 == 0);
+  const int kg = k / group_size;
+  p.s_aligned = (kg % 2 == 0) && (b.s_batch % 2 == 0) &&
+                (reinterpret_cast<uintptr_t>(p.scales) % 4 == 0) &&
+                (reinterpret_cast<uintptr_t>(p.biases) % 4 == 0);
+  const auto dt = dt_of(x.dtype());
+  set_arrays(enc, xc, w, scales, biases, b, out);
 
-  const int lane_codes = 4 * 32 * cuda::lane_units(bits);
-  const int chunks = std::max(1, (k + lane_codes - 1) / lane_codes);
-  const int rows_per_block = cuda::kRowsPerWarp * rt;
+  auto& ht = host_timing();
+  const int64_t t_setup = ht.on ? now_ns() : 0;
+  const Choice ch = choose(bits, m);
+  if (!out_f32 && ch.tiled) {
+    const int mt = ch.mt;
+    const int ks = tu.qmt_ks == 1 ? 1 : 2;
+    void* fn = need(cuda::qmt_function(dt, bits, group_size, mt, ks), "qmt");
+    const cuda::QmtSmem sm{bits, group_size, mt};
+    const dim3 grid(
+        static_cast<unsigned>((n + sm.bn() - 1) / sm.bn()),
+        static_cast<unsigned>((m + sm.bm() - 1) / sm.bm()),
+        static_cast<unsigned>(b.z));
+    launch(
+        enc,
+        fn,
+        grid,
+        dim3(32 * cuda::kTiledWarps * ks),
+        static_cast<uint32_t>(sm.total()),
+        p);
+    return;
+  }
+
+  const int mt = (out_f32 || m <= 8) ? 1 : 2;
+  const int rt = out_f32 ? 1 : ch.rt;
+  const int nwr = out_f32 ? 1 : ch.nwr;
+  const int max_warps = cuda::qmv_max_threads(bits, mt, rt) / 32;
+  // Work items along k: chunks of the main loop, groups of 4 tail units.
+  const int chunks = p.aligned ? k / cuda::qmv_chunk_codes(bits) : 0;
+  const int tail_units = k / 32 - chunks * (cuda::qmv_chunk_codes(bits) / 32);
+  const int work = std::max({1, chunks, (tail_units + 3) / 4});
+  const int rows_per_block = cuda::kRowsPerWarp * rt * nwr;
   const int64_t blocks =
       static_cast<int64_t>((n + rows_per_block - 1) / rows_per_block) *
       ((m + 8 * mt - 1) / (8 * mt)) * b.z;
   const int sms = cuda::sm_count(enc.device().cuda_device());
-  const int64_t target = static_cast<int64_t>(sms) * 16; // warps in flight
-  // Warps per block (splitting k): a power of two, so that a row's chunks,
-  // usually a power of two, divide evenly among them.
-  const int64_t want =
-      std::clamp<int64_t>((target + blocks - 1) / blocks, 1, 16);
-  int nw = 1;
-  while (nw * 2 <= want) {
-    nw *= 2;
+  const int64_t target = static_cast<int64_t>(sms) * ch.warps;
+  // k shares per row group: a power of two, so that a row's chunks, usually a
+  // power of two, divide evenly among them.
+  const int64_t want = std::clamp<int64_t>(
+      (target + blocks * nwr - 1) / (blocks * nwr), 1, max_warps / nwr);
+  int nwk = 1;
+  while (nwk * 2 <= want) {
+    nwk *= 2;
   }
-  nw = std::min({nw, chunks, cuda::qmm_max_threads(mt, rt) / 32});
-  const uint32_t smem =
-      static_cast<uint32_t>((nw - 1) * rt * mt * 4 * 32 * sizeof(float));
+  nwk = std::max(1, std::min(nwk, work));
+  p.nwr = nwr;
+  const uint32_t red =
+      static_cast<uint32_t>((nwk - 1) * nwr * rt * mt * 4 * 32 * sizeof(float));
+  const int xs_bytes = cuda::qmv_xs_bytes(m, k);
+  const bool xs = ch.xs && mt == 1 && m <= 2 &&
+                  xs_bytes + static_cast<int>(red) <= cuda::kQmvXsMaxBytes;
+  void* fn = need(
+      cuda::qmv_function(dt, bits, group_size, mt, rt, out_f32, xs), "qmv");
   const dim3 grid(
       static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block),
       static_cast<unsigned>((m + 8 * mt - 1) / (8 * mt)),
       static_cast<unsigned>(b.z));
-  enc.set_input_array(xc);
-  enc.set_input_array(w);
-  enc.set_input_array(scales);
-  enc.set_input_array(biases);
-  if (b.lhs) {
-    enc.set_input_array(*b.lhs);
+  if (ht.on) {
+    ht.setup_ns += now_ns() - t_setup;
   }
-  if (b.rhs) {
-    enc.set_input_array(*b.rhs);
-  }
-  enc.set_output_array(out);
-  launch(enc, fn, grid, dim3(32 * nw), smem, p);
-  (void)s;
+  launch(
+      enc,
+      fn,
+      grid,
+      dim3(32 * nwr * nwk),
+      red + (xs ? static_cast<uint32_t>(xs_bytes) : 0u),
+      p);
 }
 
 // The same on the CUDA cores for any dtypes (out may be any float type).
@@ -361,17 +512,7 @@ void qmm_generic(
   p.sdt = static_cast<int>(dt_of(scales.dtype()));
   p.bdt = static_cast<int>(dt_of(biases.dtype()));
   p.odt = static_cast<int>(dt_of(out.dtype()));
-  enc.set_input_array(x);
-  enc.set_input_array(w);
-  enc.set_input_array(scales);
-  enc.set_input_array(biases);
-  if (b.lhs) {
-    enc.set_input_array(*b.lhs);
-  }
-  if (b.rhs) {
-    enc.set_input_array(*b.rhs);
-  }
-  enc.set_output_array(out);
+  set_arrays(enc, x, w, scales, biases, b, out);
   const int warps = 8;
   launch(
       enc,
@@ -380,6 +521,34 @@ void qmm_generic(
       dim3(32 * warps),
       0,
       p);
+}
+
+// The product for any dtypes: the tensor-core kernels when x, scales and
+// biases share the 16-bit type `t` of the primitive's output (out itself is t,
+// or fp32 with out_f32), else the CUDA-core fallback.
+void qmm(
+    cu::CommandEncoder& enc,
+    mx::Dtype t,
+    const mx::array& x,
+    const mx::array& w,
+    const mx::array& scales,
+    const mx::array& biases,
+    mx::array& out,
+    int m,
+    int n,
+    int k,
+    int bits,
+    int group_size,
+    const Batch& b,
+    bool out_f32 = false) {
+  if (k > 0 && is_half(t) && x.dtype() == t && scales.dtype() == t &&
+      biases.dtype() == t) {
+    qmm_fast(
+        enc, x, w, scales, biases, out, m, n, k, bits, group_size, b, out_f32);
+  } else {
+    // k == 0: an empty sum, zeros through the generic kernel's loop bounds.
+    qmm_generic(enc, x, w, scales, biases, out, m, n, k, bits, group_size, b);
+  }
 }
 
 } // namespace
@@ -421,8 +590,23 @@ void Dequantize::eval_gpu(
 }
 
 void QMatmul::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  auto& ht = host_timing();
+  const int64_t t0 = ht.on ? now_ns() : 0;
   auto& enc = cu::get_command_encoder(stream());
   out.set_data(device_data(enc, out.nbytes()));
+  if (ht.on) {
+    ht.alloc_ns += now_ns() - t0;
+  }
+  struct Done {
+    HostTiming& ht;
+    int64_t t0;
+    ~Done() {
+      if (ht.on) {
+        ht.calls += 1;
+        ht.total_ns += now_ns() - t0;
+      }
+    }
+  } done{ht, t0};
   if (out.size() == 0) {
     return;
   }
@@ -433,33 +617,19 @@ void QMatmul::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const int k = x.shape(-1);
   const int n = out.shape(-1);
   const int m = static_cast<int>(out.size() / n);
-  Batch b;
-  const auto t = out.dtype();
-  if (k == 0) {
-    // An empty sum: zeros through the generic kernel's loop bounds.
-    qmm_generic(enc, x, w, scales, biases, out, m, n, k, bits_, group_size_, b);
-    return;
-  }
-  if (is_half(t) && x.dtype() == t && scales.dtype() == t &&
-      biases.dtype() == t) {
-    qmm_fast(
-        enc,
-        stream(),
-        x,
-        w,
-        scales,
-        biases,
-        out,
-        m,
-        n,
-        k,
-        bits_,
-        group_size_,
-        b,
-        false);
-  } else {
-    qmm_generic(enc, x, w, scales, biases, out, m, n, k, bits_, group_size_, b);
-  }
+  qmm(enc,
+      out.dtype(),
+      x,
+      w,
+      scales,
+      biases,
+      out,
+      m,
+      n,
+      k,
+      bits_,
+      group_size_,
+      Batch{});
 }
 
 void GatherQMM::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
@@ -486,27 +656,19 @@ void GatherQMM::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   b.w_batch = static_cast<int64_t>(w.shape(1)) * w.shape(2);
   b.s_batch = static_cast<int64_t>(scales.shape(1)) * scales.shape(2);
   b.out_batch = static_cast<int64_t>(m) * n;
-  const auto t = out.dtype();
-  if (k > 0 && is_half(t) && x.dtype() == t && scales.dtype() == t &&
-      biases.dtype() == t) {
-    qmm_fast(
-        enc,
-        stream(),
-        x,
-        w,
-        scales,
-        biases,
-        out,
-        m,
-        n,
-        k,
-        bits_,
-        group_size_,
-        b,
-        false);
-  } else {
-    qmm_generic(enc, x, w, scales, biases, out, m, n, k, bits_, group_size_, b);
-  }
+  qmm(enc,
+      out.dtype(),
+      x,
+      w,
+      scales,
+      biases,
+      out,
+      m,
+      n,
+      k,
+      bits_,
+      group_size_,
+      b);
 }
 
 void MoeGateUp::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
@@ -541,26 +703,7 @@ void MoeGateUp::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
     b.w_batch = static_cast<int64_t>(w.shape(1)) * w.shape(2);
     b.s_batch = static_cast<int64_t>(scales.shape(1)) * scales.shape(2);
     b.out_batch = hidden;
-    if (k > 0 && is_half(t) && x.dtype() == t && scales.dtype() == t &&
-        biases.dtype() == t) {
-      qmm_fast(
-          enc,
-          stream(),
-          x,
-          w,
-          scales,
-          biases,
-          dst,
-          1,
-          hidden,
-          k,
-          bits,
-          gs,
-          b,
-          true);
-    } else {
-      qmm_generic(enc, x, w, scales, biases, dst, 1, hidden, k, bits, gs, b);
-    }
+    qmm(enc, t, x, w, scales, biases, dst, 1, hidden, k, bits, gs, b, true);
   }
   cuda::SwigluParams p{};
   p.gate = ptr<float>(gate);

@@ -5,18 +5,25 @@
 #include <string>
 #include <unordered_map>
 
+#include <cuda.h>
 #include <cuda_runtime.h>
 
 #include "cuda/qmm.cuh"
 
 namespace jang::cuda {
 
-void* qmm_function_b2(DT, int, int, int, bool);
-void* qmm_function_b3(DT, int, int, int, bool);
-void* qmm_function_b4(DT, int, int, int, bool);
-void* qmm_function_b5(DT, int, int, int, bool);
-void* qmm_function_b6(DT, int, int, int, bool);
-void* qmm_function_b8(DT, int, int, int, bool);
+#define JANG_DECLARE(B)                                                        \
+  void* qmv_function_b##B##_f16(int, int, int, bool, bool);                    \
+  void* qmv_function_b##B##_bf16(int, int, int, bool, bool);                   \
+  void* qmt_function_b##B##_f16(int, int, int);                                \
+  void* qmt_function_b##B##_bf16(int, int, int);
+JANG_DECLARE(2)
+JANG_DECLARE(3)
+JANG_DECLARE(4)
+JANG_DECLARE(5)
+JANG_DECLARE(6)
+JANG_DECLARE(8)
+#undef JANG_DECLARE
 
 namespace {
 
@@ -39,6 +46,10 @@ void* function_of(const void* symbol) {
   }
   cudaFunction_t f = nullptr;
   check(cudaGetFuncBySymbol(&f, symbol), "cudaGetFuncBySymbol");
+#if CUDA_VERSION >= 12040
+  // Load it now (lazy loading would otherwise defer it to a first launch).
+  cuFuncLoad(reinterpret_cast<CUfunction>(f));
+#endif
   cache.emplace(symbol, reinterpret_cast<void*>(f));
   return reinterpret_cast<void*>(f);
 }
@@ -47,11 +58,13 @@ int sm_count(int device) {
   static std::mutex mutex;
   static std::unordered_map<int, int> cache;
   std::lock_guard<std::mutex> lock(mutex);
-  check(cudaSetDevice(device), "cudaSetDevice");
   auto it = cache.find(device);
   if (it != cache.end()) {
     return it->second;
   }
+  // Only the first time: a runtime call on every product measured ~28 us of
+  // host time per op under MLX's CUDA graphs (bench/results/cuda_h200.md).
+  check(cudaSetDevice(device), "cudaSetDevice");
   int n = 0;
   check(
       cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device),
@@ -60,25 +73,44 @@ int sm_count(int device) {
   return n;
 }
 
-void* qmm_function(
-    DT t, int bits, int group_size, int mt, int rt, bool out_f32) {
+// Per width and type, from the qmv_b*.cu / qmt_b*.cu instance files.
+#define JANG_PICK(B, ...)                                                      \
+  case B:                                                                      \
+    return t == DT::f16    ? FN(B, _f16)(__VA_ARGS__)                          \
+           : t == DT::bf16 ? FN(B, _bf16)(__VA_ARGS__)                         \
+                           : nullptr;
+
+void* qmv_function(
+    DT t, int bits, int group_size, int mt, int rt, bool out_f32, bool xs) {
+#define FN(B, S) qmv_function_b##B##S
   switch (bits) {
-  case 2:
-    return qmm_function_b2(t, group_size, mt, rt, out_f32);
-  case 3:
-    return qmm_function_b3(t, group_size, mt, rt, out_f32);
-  case 4:
-    return qmm_function_b4(t, group_size, mt, rt, out_f32);
-  case 5:
-    return qmm_function_b5(t, group_size, mt, rt, out_f32);
-  case 6:
-    return qmm_function_b6(t, group_size, mt, rt, out_f32);
-  case 8:
-    return qmm_function_b8(t, group_size, mt, rt, out_f32);
+    JANG_PICK(2, group_size, mt, rt, out_f32, xs)
+    JANG_PICK(3, group_size, mt, rt, out_f32, xs)
+    JANG_PICK(4, group_size, mt, rt, out_f32, xs)
+    JANG_PICK(5, group_size, mt, rt, out_f32, xs)
+    JANG_PICK(6, group_size, mt, rt, out_f32, xs)
+    JANG_PICK(8, group_size, mt, rt, out_f32, xs)
   default:
     return nullptr;
   }
+#undef FN
 }
+
+void* qmt_function(DT t, int bits, int group_size, int mt, int ks) {
+#define FN(B, S) qmt_function_b##B##S
+  switch (bits) {
+    JANG_PICK(2, group_size, mt, ks)
+    JANG_PICK(3, group_size, mt, ks)
+    JANG_PICK(4, group_size, mt, ks)
+    JANG_PICK(5, group_size, mt, ks)
+    JANG_PICK(6, group_size, mt, ks)
+    JANG_PICK(8, group_size, mt, ks)
+  default:
+    return nullptr;
+  }
+#undef FN
+}
+#undef JANG_PICK
 
 #define JANG_BY_BITS(KERNEL, ...)                                              \
   switch (bits) {                                                              \

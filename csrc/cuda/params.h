@@ -69,6 +69,8 @@ struct QmmParams {
   int x_batches; // valid range of xb(z)
   int experts;   // valid range of e(z)
   int aligned;   // w rows allow 16-byte loads
+  int s_aligned; // scale / bias rows allow 4-byte loads (qmt_kernel)
+  int nwr;       // qmv_kernel: row groups of warps per block
 };
 
 // The same product on the CUDA cores for any float types (fp32 activations,
@@ -114,14 +116,21 @@ struct SwigluParams {
 // Kernel handles (CUfunction), resolved in this library's CUDA runtime with
 // cudaGetFuncBySymbol so that MLX's own runtime can launch them. nullptr when
 // the combination is not compiled.
-void* qmm_function(
-    DT t, int bits, int group_size, int mt, int rt, bool out_f32);
+// qmv_kernel: MT m tiles of 8 rows, RT tiles of 16 weight rows per warp,
+// activations staged in shared memory (xs: MT = 1, M <= 2).
+void* qmv_function(
+    DT t, int bits, int group_size, int mt, int rt, bool out_f32, bool xs);
+// qmt_kernel: MT m tiles of 8 rows per block, KS warps per 16-row tile (the
+// k16 steps of each unit split among them); its dynamic shared memory limit is
+// raised to QmtSmem::total() on lookup.
+void* qmt_function(DT t, int bits, int group_size, int mt, int ks);
 void* generic_function(int bits);
 void* dequant_function(DT t, int bits);
 void* copy_function(int elem_bytes);
 void* swiglu_function(DT t);
 
-// Multiprocessors of `device`; also makes it current for this library.
+// Multiprocessors of `device` (the first call also makes it current for this
+// library's runtime).
 int sm_count(int device);
 
 // Tiling shared by the host and the kernels.
@@ -132,17 +141,66 @@ JANG_HD constexpr int lane_units(int bits) {
   return (bits == 2 || bits == 3 || bits == 5) ? 4 : bits == 8 ? 1 : 2;
 }
 
-// Threads per block of qmm_kernel for MT m tiles of 8 activation rows and RT
-// tiles of 16 weight rows per warp: 16 warps at most, 8 where the
-// accumulators and weights need more registers.
-JANG_HD constexpr int qmm_max_threads(int mt, int rt) {
-  return (mt * rt >= 4 || rt > 1) ? 256 : 512;
+// Codes per row of one qmv_kernel chunk (a warp's unit of work and prefetch):
+// 2/4/8 bits 4 lanes x 2 blocks of 16 bytes, 3/5/6 bits 4 lanes x U units.
+JANG_HD constexpr int qmv_chunk_codes(int bits) {
+  return (bits == 2 || bits == 4 || bits == 8) ? 4 * 2 * (128 / bits)
+                                               : 4 * lane_units(bits) * 32;
 }
 
-// Weight-row tiles per warp: 2 (activation fragments reused by 32 rows) from
-// 5 activation rows on, where the activation loads would bound the kernel.
-JANG_HD constexpr int qmm_rt(int mt, int m) {
-  return (m > 4 && mt <= 4) ? 2 : 1;
+// qmv_kernel with staged activations: shared memory for M rows of k codes
+// (entries of 8 codes, one padding entry in 8), and its limit.
+JANG_HD constexpr int qmv_xs_bytes(int m, int k) {
+  return m * (k / 8 + k / 64 + 1) * 16;
 }
+constexpr int kQmvXsMaxBytes = 96 * 1024;
+
+// Threads per block of qmv_kernel at most: 512 (128 registers a thread) for
+// one 16-row tile and one m tile per warp, else 256 (more accumulators, or
+// the 20-word chunks of 5 bits, need more registers).
+JANG_HD constexpr int qmv_max_threads(int bits, int mt, int rt) {
+  return (rt == 1 && mt == 1 && bits != 5) ? 512 : 256;
+}
+
+// qmt_kernel: warps per block (16 weight rows each), codes per row and stage,
+// stages in flight.
+constexpr int kTiledWarps = 4;
+constexpr int kTiledCodes = 128;
+constexpr int kTiledStages = 4;
+
+// Shared-memory layout of qmt_kernel (bytes).
+struct QmtSmem {
+  int bits, gs, mt;
+  JANG_HD constexpr int bm() const {
+    return 8 * mt;
+  }
+  JANG_HD constexpr int bn() const {
+    return 16 * kTiledWarps;
+  }
+  JANG_HD constexpr int xrow() const { // activations, padded
+    return kTiledCodes * 2 + 16;
+  }
+  JANG_HD constexpr int wrow() const { // packed codes, padded for 8 bits
+    return kTiledCodes * bits / 8 + (bits == 8 ? 16 : 0);
+  }
+  JANG_HD constexpr int swords() const { // 4-byte words of scales per row
+    return kTiledCodes / gs > 2 ? kTiledCodes / gs / 2 : 1;
+  }
+  JANG_HD constexpr int x_stage() const {
+    return bm() * xrow();
+  }
+  JANG_HD constexpr int w_stage() const {
+    return bn() * wrow();
+  }
+  JANG_HD constexpr int s_stage() const {
+    return 2 * bn() * swords() * 4;
+  }
+  JANG_HD constexpr int e_bytes() const { // permuted activations, 2 stages
+    return 2 * 4 * mt * 32 * 16;
+  }
+  JANG_HD constexpr int total() const {
+    return kTiledStages * (x_stage() + w_stage() + s_stage()) + e_bytes();
+  }
+};
 
 } // namespace jang::cuda
