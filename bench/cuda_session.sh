@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call's worth of CUDA work, by phases (bench/results/cuda_h200.md lists the calls):
+# One device call's worth of CUDA work, by phases (bench/RESULTS.md, "CUDA kernels on an H200", lists the calls):
 #
 #   bash bench/cuda_session.sh PHASE...     outputs under $OUT (default /tmp/cuda_out)
 #
