@@ -4,6 +4,11 @@ Flow: source -> plan -> quantize each tensor -> bundle writer. Tensors are read,
 quantized and written one at a time (experts of one MoE projection are stacked
 once all of them have been quantized), so peak memory stays near the largest
 tensor, not the model. The bundle appears at OUT only when complete.
+
+Two options hold the whole model instead: ``method="gptq"`` (calibrated rounding,
+layer by layer through the float model) and ``tune=True`` (after rounding, the group
+scales and biases of every matrix are trained together against the float model,
+`jang.quant.tune`); both finish all the rounding before the first tensor is written.
 """
 
 from __future__ import annotations
@@ -166,10 +171,19 @@ def convert(
     n_samples: int = 128,
     seq_len: int = 512,
     debias: bool | None = None,
+    tune: bool = False,
+    tune_epochs: int = 2,
+    tune_samples: int = 32,
+    tune_lr: float = 1e-3,
     progress: str = "bar",
     log: Callable[[str], None] | None = None,
 ) -> ConversionReport:
-    """Convert `src` into a bundle at `out` (see module docstring)."""
+    """Convert `src` into a bundle at `out` (see module docstring).
+
+    With `tune`, every quantized matrix is rounded first (by `method`), then the group
+    scales and biases of all of them are tuned together against the float model on
+    `tune_samples` calibration windows (`jang.quant.tune`) before anything is written.
+    """
     import mlx.core as mx
 
     from jang import plan as planner
@@ -193,15 +207,31 @@ def convert(
             source=str(src),
         )
     plan_seconds = time.perf_counter() - t0
-    gptq_results = (
-        _gptq_quantize(source, plan, calib, n_samples, seq_len, say) if method == "gptq" else {}
-    )
     say(
         f"plan: {plan['totals']['bpw_all_in']:.3f} bpw all-in, "
         f"{plan['totals']['bpw_codes']:.3f} codes-only ({plan_seconds:.1f} s)"
     )
     dtype = _output_dtype(source)
     entries = plan["tensors"]
+    precomputed = (
+        _gptq_quantize(source, plan, calib, n_samples, seq_len, say) if method == "gptq" else {}
+    )
+    tune_report = None
+    if tune:
+        if not precomputed:
+            precomputed = _quantize_all(source, plan, dtype, method, debias, say)
+        precomputed, tune_report = _tune(
+            source,
+            plan,
+            precomputed,
+            calib,
+            tune_samples,
+            seq_len,
+            tune_epochs,
+            tune_lr,
+            say,
+            progress,
+        )
     missing = [i.name for i in infos if i.name not in entries]
     if missing:
         raise ConversionError(
@@ -232,10 +262,10 @@ def convert(
                             f"{info.name}: transposed expert layouts are not supported yet"
                         )
                     module = info.name.removesuffix(".weight")
-                    if module in gptq_results:
+                    if module in precomputed:
                         q, s, b = (
                             a.astype(dtype) if a.dtype != mx.uint32 else a
-                            for a in gptq_results.pop(module)
+                            for a in precomputed.pop(module)
                         )
                     else:
                         q, s, b = _quantize_blocks(
@@ -287,6 +317,7 @@ def convert(
                 "method": method,
                 "debias": debias,
                 "calibration": str(calib) if calib else None,
+                "tune": tune_report.to_json() if tune_report else None,
                 "source": {
                     "path": str(src),
                     "parameters": source.num_parameters,
@@ -317,13 +348,21 @@ def convert(
     )
 
 
+def _source_tokenizer(source: ModelSource):
+    """The source's tokenizer, as mlx-lm loads it."""
+    import tempfile
+
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+    with tempfile.TemporaryDirectory() as tok_dir:
+        source.write_tokenizer(Path(tok_dir))
+        return load_tokenizer(Path(tok_dir))
+
+
 def _gptq_quantize(source, plan, calib, n_samples: int, seq_len: int, say) -> dict[str, Any]:
     """GPTQ of every planned matrix, layer by layer over calibration text propagated
     through the already-quantized model (see `jang.quant.gptq_model`)."""
-    import tempfile
-
     import mlx.core as mx
-    from mlx_lm.tokenizer_utils import load as load_tokenizer
     from mlx_lm.utils import _get_classes
 
     from jang import quant
@@ -337,9 +376,7 @@ def _gptq_quantize(source, plan, calib, n_samples: int, seq_len: int, say) -> di
     weights = model.sanitize(weights) if hasattr(model, "sanitize") else weights
     model.load_weights(list(weights.items()), strict=True)
     del weights
-    with tempfile.TemporaryDirectory() as tok_dir:
-        source.write_tokenizer(Path(tok_dir))
-        tokenizer = load_tokenizer(Path(tok_dir))
+    tokenizer = _source_tokenizer(source)
     tokens = quant.calibration_tokens(tokenizer, calib, n_samples=n_samples, seq_len=seq_len)
     targets = {
         name.removesuffix(".weight"): (e["bits"], e["group_size"])
@@ -352,6 +389,91 @@ def _gptq_quantize(source, plan, calib, n_samples: int, seq_len: int, say) -> di
         raise ConversionError(f"--method gptq: the model has no module {missing[0]}")
     say(f"gptq: {tokens.shape[0]} samples x {tokens.shape[1]} tokens of calibration text")
     return quant.gptq_model(model, targets, tokens, replace=False, progress=say)
+
+
+def _quantize_all(source, plan, dtype, method: str, debias: bool, say) -> dict[str, Any]:
+    """{module: (wq, scales, biases)} of every planned matrix, rounded by `method`."""
+    import mlx.core as mx
+
+    out = {}
+    for info in source.tensors():
+        entry = plan["tensors"][info.name]
+        if not entry["quantized"]:
+            continue
+        if _EXPERT.match(info.name):
+            raise ConversionError("--tune does not handle MoE experts yet")
+        parts = _quantize_blocks(
+            source.read_fresh(info.name),
+            dtype,
+            entry["bits"],
+            entry["group_size"],
+            method,
+            debias,
+        )
+        mx.eval(*parts)
+        out[info.name.removesuffix(".weight")] = parts
+    say(f"{method}: {len(out)} matrices rounded; tuning their scales and biases next")
+    return out
+
+
+def _tune(
+    source, plan, quantized, calib, n_samples, seq_len, epochs, lr, say, mode
+) -> tuple[dict[str, Any], Any]:
+    """`jang.quant.tune` of `quantized` against the float source, with a progress bar."""
+    import copy
+
+    from jang import quant, reference
+    from jang.evaluate import bos_id
+    from jang.quant import tune
+
+    tune._torch()  # a clear error before any work when torch is missing
+    tokenizer = _source_tokenizer(source)
+    bos = bos_id(tokenizer, source.config)
+    body = seq_len - (bos is not None)
+    tokens = np.array(quant.calibration_tokens(tokenizer, calib, n_samples=n_samples, seq_len=body))
+    if bos is not None:
+        tokens = np.concatenate([np.full((len(tokens), 1), bos, tokens.dtype), tokens], axis=1)
+    float_tensors, _ = reference.source_tensors_of(source)
+    teacher = reference.load_tensors(
+        reference.build_model(source.config), float_tensors, source.config
+    )
+    del float_tensors
+    student = copy.deepcopy(teacher)
+    bits_groups = {
+        name.removesuffix(".weight"): (e["bits"], e["group_size"])
+        for name, e in plan["tensors"].items()
+        if e["quantized"]
+    }
+    say(
+        f"tune: {epochs} epochs over {len(tokens)} windows x {tokens.shape[1]} tokens "
+        f"(lr {lr:g}, on {reference.device()})"
+    )
+    bar = None
+    if mode == "bar":
+        from tqdm import tqdm
+
+        bar = tqdm(total=epochs * len(tokens), desc="tune", unit="step", file=sys.stderr)
+
+    def report(step: int, steps: int, kl: float) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"KL {kl:.3f}", refresh=False)
+            bar.update(1)
+        elif mode == "json":
+            event = {"event": "tune", "step": step, "steps": steps, "kl": round(kl, 5)}
+            print(json.dumps(event), flush=True)
+
+    try:
+        tuned, result = tune.tune_scales(
+            teacher, student, quantized, bits_groups, tokens, epochs=epochs, lr=lr, progress=report
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    say(
+        f"tune: training KL {result.kl_first_epoch:.3f} (first epoch) -> "
+        f"{result.kl_last_epoch:.3f} (last), {result.seconds:.0f} s"
+    )
+    return tuned, result
 
 
 def _expert_groups(infos, entries) -> dict[str, tuple[str, int, int]]:

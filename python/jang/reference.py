@@ -102,11 +102,15 @@ def bundle_tensors(
 def source_tensors(src: str | Path) -> tuple[dict[str, np.ndarray], SizeStats]:
     """Float32 tensors of an unquantized source (HF dir, safetensors, GGUF) and its sizes
     (matrices counted at 16 bits, as the bf16 reference)."""
-    import mlx.core as mx
-
     from jang.source import open_source
 
-    source = open_source(src)
+    return source_tensors_of(open_source(src))
+
+
+def source_tensors_of(source) -> tuple[dict[str, np.ndarray], SizeStats]:
+    """`source_tensors` of an opened `jang.source.ModelSource`."""
+    import mlx.core as mx
+
     size = SizeStats()
     out = {}
     for info in source.tensors():

@@ -20,6 +20,7 @@ examples:
   jang convert smollm2 -o smollm2-3bit --bits 3.0
   jang convert ~/models/Llama-3.2-1B -o llama-1b-4k -p JANG_4K
   jang convert ./Qwen3-8B -o qwen3-8b-2s -p JANG_2S --method rtn
+  jang convert smollm2 -o smollm2-3bit --bits 3.0 --method gptq --calib boolq --tune
 """
 
 
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--calib",
         type=Path,
         help=(
-            "calibration text for --method gptq: a UTF-8 file, or a text prepared by "
+            "calibration text for --method gptq and --tune: a UTF-8 file, or a text prepared by "
             "`jang data` by name (boolq: BoolQ's Wikipedia passages, ~500k tokens; lambada; "
             "wiki). Default: a small built-in sample (few KB: windows overlap)"
         ),
@@ -60,6 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="rescale each row to undo the shrinkage of MSE rounding (default: on for clip)",
     )
+    tune = parser.add_argument_group(
+        "tuning",
+        "after rounding, train every group's scale and bias (codes frozen) so the quantized "
+        "model's next-token distributions match the float model's on the --calib text. Same "
+        "size, same format; much lower error at 2-3 bits. Runs in torch (the eval extra) and "
+        "holds two float32 copies of the model; minutes for a 135M model on 2 CPU cores",
+    )
+    tune.add_argument("--tune", action="store_true", help="tune scales and biases end to end")
+    tune.add_argument("--tune-epochs", type=int, default=2, help="passes over the windows (2)")
+    tune.add_argument(
+        "--tune-samples", type=int, default=32, help="calibration windows for tuning (32)"
+    )
+    tune.add_argument("--tune-lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="no progress output")
@@ -96,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
             n_samples=args.calib_samples,
             debias=args.debias,
             seq_len=args.calib_seq_len,
+            tune=args.tune,
+            tune_epochs=args.tune_epochs,
+            tune_samples=args.tune_samples,
+            tune_lr=args.tune_lr,
             progress=mode,
             log=say,
         )

@@ -34,6 +34,9 @@ Calibrated API:
 * ``gptq_quantize(w, hessian, bits, group_size, ...) -> (wq, scales, biases)``: one layer,
   given its Hessian (``Hessian`` accumulates ``2 X^T X / n`` from inputs).
 * ``activation_importance(model, tokens) -> {path: diag(X^T X)}`` for every Linear.
+* ``tune.tune_scales(teacher, student, quantized, widths, tokens)``: after any rounding,
+  every group's scale and bias trained end to end against the float model (KL of the
+  next-token distributions), codes frozen; torch models (the eval extra), imported on use.
 
 Errors: bad input (NaN/Inf weights, empty tensors, a last dimension no group size
 divides, unsupported bits/group size, non-float dtypes, unusable Hessians) raises

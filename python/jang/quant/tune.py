@@ -1,0 +1,211 @@
+"""End-to-end tuning of group scales and biases: distill the float model, codes frozen.
+
+Rounding (rtn, clip, gptq) fixes every weight's code from that matrix alone. Tuning then
+moves each group's ``scale`` and ``bias`` (the codes and the layout stay as they are) to
+minimise KL(float model || quantized model) of the next-token distributions over
+calibration windows, by gradient descent through the whole model. The bundle keeps its
+exact size and format; only the scale and bias values change. At 3 bits and below, where
+per-matrix rounding leaves the model far from the float one, this is where most of the
+remaining error goes (bench/RESULTS.md).
+
+Each group's scale is trained as ``s0 * (1 + a)`` and its bias as ``b0 + s0 * c``, so one
+learning rate suits groups of every magnitude and the start is the rounded model.
+The forward and backward passes run in torch (float32, any device torch sees) on the
+Hugging Face model built from the source config: torch and transformers (the ``eval``
+extra) are needed here, never by the runtime. The float model and the quantized one are
+both held in memory, in float32.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from jang.quant.groups import QuantizationError
+
+DEFAULT_EPOCHS = 2
+DEFAULT_SAMPLES = 32
+DEFAULT_LR = 1e-3
+
+
+@dataclass
+class TuneReport:
+    """What tuning did: the mean training KL of the first and last epoch, and its cost."""
+
+    steps: int
+    windows: int
+    seq_len: int
+    epochs: int
+    lr: float
+    kl_first_epoch: float
+    kl_last_epoch: float
+    trainable: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in vars(self).items()}
+
+
+def _torch():
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise QuantizationError(
+            f"tuning runs in torch and needs the eval extra (pip install 'jang[eval]'): {exc}"
+        ) from None
+    return torch
+
+
+def _affine_module(torch, codes: np.ndarray, scales: np.ndarray, biases: np.ndarray):
+    """A parametrization returning ``s * q + b`` per group from trainable (a, c)."""
+
+    class GroupAffine(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("q", torch.from_numpy(codes))
+            self.register_buffer("s0", torch.from_numpy(scales))
+            self.register_buffer("b0", torch.from_numpy(biases))
+            self.a = torch.nn.Parameter(torch.zeros_like(self.s0))
+            self.c = torch.nn.Parameter(torch.zeros_like(self.s0))
+
+        def scales_biases(self):
+            return self.s0 * (1 + self.a), self.b0 + self.s0 * self.c
+
+        def forward(self, _unused):
+            s, b = self.scales_biases()
+            rows, groups = s.shape
+            w = self.q.view(rows, groups, -1).float() * s[..., None] + b[..., None]
+            return w.view(rows, -1)
+
+    return GroupAffine()
+
+
+def _codes(wq: mx.array, scales: mx.array, bits: int, group_size: int) -> np.ndarray:
+    """The integer codes of a packed weight, as uint8 (rows, in)."""
+    ones = mx.ones(scales.shape, dtype=mx.float32)
+    q = mx.dequantize(wq, ones, mx.zeros_like(ones), group_size=group_size, bits=bits)
+    return np.array(q.astype(mx.uint8))
+
+
+def _float32(a: mx.array) -> np.ndarray:
+    return np.array(a.astype(mx.float32))
+
+
+def _owners(model) -> dict[int, list[tuple[Any, str]]]:
+    """id(parameter) -> every (module, name) holding it (a tied head shares the embedding)."""
+    owners: dict[int, list[tuple[Any, str]]] = {}
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append((module, name))
+    return owners
+
+
+def _attach(torch, model, quantized, bits_groups) -> dict[str, Any]:
+    """Replace each quantized module's weight of `model` by its group-affine function."""
+    from torch.nn.utils import parametrize
+
+    modules = dict(model.named_modules())
+    owners = _owners(model)
+    affines = {}
+    for name, (wq, s, b) in quantized.items():
+        module = modules.get(name)
+        if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            raise QuantizationError(f"tuning: the model has no weight for {name}")
+        bits, group_size = bits_groups[name]
+        codes = _codes(wq, s, bits, group_size)
+        if codes.shape != tuple(module.weight.shape):
+            raise QuantizationError(
+                f"tuning: {name} has codes {codes.shape}, model weight {tuple(module.weight.shape)}"
+            )
+        affine = _affine_module(torch, codes, _float32(s), _float32(b))
+        affine.to(module.weight.device)
+        for holder, attr in owners[id(module.weight)]:
+            setattr(holder, attr, torch.nn.Parameter(torch.empty(0), requires_grad=False))
+            parametrize.register_parametrization(holder, attr, affine, unsafe=True)
+        affines[name] = affine
+    return affines
+
+
+def tune_scales(
+    teacher,
+    student,
+    quantized: dict[str, tuple[mx.array, mx.array, mx.array]],
+    bits_groups: dict[str, tuple[int, int]],
+    tokens: np.ndarray,
+    *,
+    epochs: int = DEFAULT_EPOCHS,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[dict[str, tuple[mx.array, mx.array, mx.array]], TuneReport]:
+    """Tune the scales and biases of `quantized` ({module: (wq, scales, biases)}).
+
+    `teacher` and `student` are two float32 torch copies of the float model (the student's
+    quantized weights are replaced here); `tokens` (n, seq_len) are the calibration
+    windows. Returns the same dict with float32 scales and biases, and a report;
+    `progress(step, steps, kl)` is called after every step.
+    """
+    torch = _torch()
+    if epochs < 1:
+        raise QuantizationError(f"tuning needs at least one epoch, got {epochs}")
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if tokens.ndim != 2 or tokens.shape[0] < 1:
+        raise QuantizationError(f"tuning needs (n, seq_len) windows, got {tokens.shape}")
+    t0 = time.perf_counter()
+    for p in (*teacher.parameters(), *student.parameters()):
+        p.requires_grad_(False)
+    teacher.eval()
+    student.eval()
+    affines = _attach(torch, student, quantized, bits_groups)
+    params = [p for a in affines.values() for p in (a.a, a.c)]
+    opt = torch.optim.Adam(params, lr=lr)
+    device = next(teacher.parameters()).device
+    steps = epochs * tokens.shape[0]
+    step = 0
+    epoch_kl = []
+    for epoch in range(epochs):
+        total = 0.0
+        for i in np.random.default_rng(seed + epoch).permutation(tokens.shape[0]):
+            ids = torch.from_numpy(tokens[i])[None].to(device)
+            with torch.no_grad():
+                ref = teacher(input_ids=ids, use_cache=False).logits[0].float().log_softmax(-1)
+            out = student(input_ids=ids, use_cache=False).logits[0].float().log_softmax(-1)
+            loss = (ref.exp() * (ref - out)).sum(-1).mean()
+            if not torch.isfinite(loss):
+                raise QuantizationError(f"tuning diverged at step {step} (KL {float(loss)})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for group in opt.param_groups:  # cosine decay to zero over all steps
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            opt.step()
+            step += 1
+            kl = float(loss.detach())
+            total += kl
+            if progress is not None:
+                progress(step, steps, kl)
+        epoch_kl.append(total / tokens.shape[0])
+    out = {}
+    with torch.no_grad():
+        for name, affine in affines.items():
+            s, b = affine.scales_biases()
+            wq = quantized[name][0]
+            out[name] = (wq, mx.array(s.cpu().numpy()), mx.array(b.cpu().numpy()))
+    report = TuneReport(
+        steps=steps,
+        windows=int(tokens.shape[0]),
+        seq_len=int(tokens.shape[1]),
+        epochs=epochs,
+        lr=lr,
+        kl_first_epoch=epoch_kl[0],
+        kl_last_epoch=epoch_kl[-1],
+        trainable=sum(p.numel() for p in params),
+        seconds=time.perf_counter() - t0,
+    )
+    return out, report

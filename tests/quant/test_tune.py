@@ -1,0 +1,143 @@
+"""End-to-end scale tuning: exact start, codes untouched, lower held-out KL, tied heads."""
+
+import copy
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from jang import cli
+from jang import evaluate as ev
+from tiny_model import VOCAB, make_model_dir, tiny_config, tiny_weights
+
+torch = pytest.importorskip("torch", reason="tuning runs in torch (eval extra)")
+pytest.importorskip("transformers", reason="tuning builds the transformers model")
+
+from jang import reference  # noqa: E402
+from jang.quant import tune  # noqa: E402
+
+
+def _text(path, seed: int, words: int = 2400):
+    rng = np.random.default_rng(seed)
+    toks = [VOCAB[i] for i in rng.integers(3, len(VOCAB), size=words)]
+    path.write_text("\n\n".join(" ".join(toks[i : i + 60]) for i in range(0, words, 60)))
+    return path
+
+
+def _tied_dir(dest):
+    """The tiny llama with a tied embedding (no lm_head tensor)."""
+    make_model_dir(dest)
+    config = tiny_config()
+    config["tie_word_embeddings"] = True
+    weights = tiny_weights(config)
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
+    mx.save_safetensors(str(dest / "model.safetensors"), weights)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    src = make_model_dir(root / "src")
+    calib = _text(root / "calib.txt", seed=1)
+    held_out = _text(root / "held_out.txt", seed=2)
+    plain = root / "plain"
+    args = ["convert", str(src), "--bits", "2.5", "--method", "rtn", "--quiet"]
+    assert cli.main([*args, "-o", str(plain)]) == 0
+    tuned = root / "tuned"
+    tune_args = ["--tune", "--calib", str(calib), "--calib-seq-len", "64"]
+    tune_args += ["--tune-samples", "16", "--tune-epochs", "3", "--tune-lr", "1e-2"]
+    assert cli.main([*args, "-o", str(tuned), *tune_args]) == 0
+    return src, plain, tuned, held_out
+
+
+def _kl(bundle, src, text) -> float:
+    run, _, _ = ev.load_engine(bundle, "torch")
+    ref, _, _ = ev.load_engine(src, "torch")
+    tok = ev.load_tokenizer(bundle)
+    wins = ev.tokenize_windows(tok, text.read_text(), 8, 64, ev.bos_id(tok))
+    return ev.compare_windows(wins, run, ref)["kl"]
+
+
+def test_tuning_keeps_the_codes_and_the_layout(tiny):
+    _, plain, tuned, _ = tiny
+    a = mx.load(str(plain / "model.safetensors"))
+    b = mx.load(str(tuned / "model.safetensors"))
+    assert a.keys() == b.keys()
+    changed = 0
+    for name in a:
+        assert a[name].shape == b[name].shape and a[name].dtype == b[name].dtype, name
+        if name.endswith(".weight"):  # codes, and the unquantized norms
+            assert mx.array_equal(a[name], b[name]), name
+        else:
+            changed += not mx.array_equal(a[name], b[name])
+    assert changed == len([n for n in a if n.endswith(".scales")]) * 2  # every scale and bias
+    assert cli.main(["validate", str(tuned)]) == 0
+
+
+def test_tuning_lowers_the_held_out_kl(tiny):
+    src, plain, tuned, held_out = tiny
+    manifest = json.loads((tuned / "jang.json").read_text())
+    report = manifest["tune"]
+    assert report["steps"] == 48 and report["windows"] == 16 and report["seq_len"] == 64
+    assert report["kl_last_epoch"] < report["kl_first_epoch"]
+    assert json.loads((plain / "jang.json").read_text())["tune"] is None
+    before, after = _kl(plain, src, held_out), _kl(tuned, src, held_out)
+    assert after < 0.8 * before, (before, after)
+
+
+def _quantized(bundle):
+    """{module: (wq, scales, biases)} and {module: (bits, group_size)} of a bundle."""
+    manifest = json.loads((bundle / "jang.json").read_text())
+    stored = mx.load(str(bundle / "model.safetensors"))
+    quantized, widths = {}, {}
+    for module, e in manifest["tensors"].items():
+        if e["quantized"]:
+            quantized[module] = tuple(
+                stored[f"{module}.{k}"] for k in ("weight", "scales", "biases")
+            )
+            widths[module] = (e["bits"], e["group_size"])
+    return quantized, widths
+
+
+def test_the_untrained_student_is_the_bundle_and_a_tied_head_follows(tmp_path):
+    src = _tied_dir(tmp_path / "src")
+    out = tmp_path / "b"
+    assert cli.main(["convert", str(src), "-o", str(out), "--bits", "3.3", "--quiet"]) == 0
+    quantized, widths = _quantized(out)
+    assert len({w for w in widths.values()}) > 1  # a mixed plan: several widths
+    assert "model.embed_tokens" in quantized and "lm_head" not in quantized
+    bundle_model, _, _ = reference.reference_model(out)
+    teacher, _, _ = reference.reference_model(src)
+    student = copy.deepcopy(teacher)
+    tune._attach(torch, student, quantized, widths)
+    ids = torch.tensor([[1, 5, 9, 40, 77, 3, 12, 100]])
+    with torch.no_grad():
+        want = bundle_model(input_ids=ids).logits
+        got = student(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    head, emb = student.lm_head.weight, student.model.embed_tokens.weight
+    assert torch.equal(head, emb)  # the tied head is the same quantized function
+    tokens = np.random.default_rng(0).integers(3, len(VOCAB), size=(4, 32))
+    fresh_student = copy.deepcopy(teacher)
+    tuned, report = tune.tune_scales(
+        teacher, fresh_student, quantized, widths, tokens, epochs=1, lr=1e-2
+    )
+    assert report.steps == 4 and set(tuned) == set(quantized)
+    before = np.array(quantized["model.embed_tokens"][1].astype(mx.float32))
+    after = np.array(tuned["model.embed_tokens"][1])
+    assert after.shape == before.shape and not np.allclose(after, before)
+    assert torch.equal(fresh_student.lm_head.weight, fresh_student.model.embed_tokens.weight)
+
+
+def test_tuning_rejects_moe_and_bad_input(tmp_path):
+    src = make_model_dir(tmp_path / "moe", model_type="mixtral")
+    out = tmp_path / "o"
+    args = ["convert", str(src), "-o", str(out), "--bits", "3.0", "--tune", "--quiet"]
+    assert cli.main(args) == 1
+    assert not out.exists()
+    with pytest.raises(tune.QuantizationError, match="at least one epoch"):
+        tune.tune_scales(None, None, {}, {}, np.zeros((1, 4)), epochs=0)
+    with pytest.raises(tune.QuantizationError, match="windows"):
+        tune.tune_scales(None, None, {}, {}, np.zeros(4))
