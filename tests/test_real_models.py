@@ -68,8 +68,8 @@ def test_greedy_generation_is_coherent(bundle):
     model, profile, _, out = bundle
     if profile != "JANG_4K":
         pytest.skip(
-            "below ~3.5 bpw greedy text of these 135-270M models loops or breaks down on at "
-            "least one prompt even with GPTQ and --tune (bench/RESULTS.md, 'Greedy text', "
+            "at JANG_2S and 3.0 bpw greedy text of these 135-270M models loops or breaks down on "
+            "at least one prompt, even with GPTQ and --tune (bench/RESULTS.md, 'Greedy text', "
             "'End-to-end tuning'); their quality is measured by KL"
         )
     from mlx_lm import generate
