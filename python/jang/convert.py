@@ -191,6 +191,15 @@ def convert(
     if method not in METHODS:
         raise ConversionError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     say = log or (lambda msg: None)
+    if tune:  # checked before any work: rounding and GPTQ can take minutes
+        if tune_epochs < 1 or tune_samples < 1 or not tune_lr > 0:
+            raise ConversionError(
+                f"--tune needs positive epochs, samples and learning rate, got "
+                f"{tune_epochs}, {tune_samples}, {tune_lr}"
+            )
+        from jang.quant import tune as tuning
+
+        tuning._torch()
     if debias is None:
         debias = method == "clip"
     t0 = time.perf_counter()
@@ -426,7 +435,6 @@ def _tune(
     from jang.evaluate import bos_id
     from jang.quant import tune
 
-    tune._torch()  # a clear error before any work when torch is missing
     tokenizer = _source_tokenizer(source)
     bos = bos_id(tokenizer, source.config)
     body = seq_len - (bos is not None)

@@ -137,6 +137,8 @@ def test_tuning_rejects_moe_and_bad_input(tmp_path):
     args = ["convert", str(src), "-o", str(out), "--bits", "3.0", "--tune", "--quiet"]
     assert cli.main(args) == 1
     assert not out.exists()
+    assert cli.main([*args[:-1], "--tune-lr", "-1", "--quiet"]) == 1
+    assert not out.exists()
     with pytest.raises(tune.QuantizationError, match="at least one epoch"):
         tune.tune_scales(None, None, {}, {}, np.zeros((1, 4)), epochs=0)
     with pytest.raises(tune.QuantizationError, match="windows"):
