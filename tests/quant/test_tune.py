@@ -139,6 +139,9 @@ def test_tuning_rejects_moe_and_bad_input(tmp_path):
     assert not out.exists()
     assert cli.main([*args[:-1], "--tune-lr", "-1", "--quiet"]) == 1
     assert not out.exists()
+    plain = ["convert", str(src), "-o", str(out), "--bits", "3.0", "--quiet"]
+    assert cli.main([*plain, "--tune-epochs", "3"]) == 1  # a tuning option without --tune
+    assert not out.exists()
     with pytest.raises(tune.QuantizationError, match="at least one epoch"):
         tune.tune_scales(None, None, {}, {}, np.zeros((1, 4)), epochs=0)
     with pytest.raises(tune.QuantizationError, match="windows"):

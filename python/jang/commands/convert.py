@@ -90,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
     from jang.source import SourceError
 
     mode = "quiet" if args.quiet else "json" if args.json_progress else "bar"
+    if not args.tune and (args.tune_epochs, args.tune_samples, args.tune_lr) != (2, 32, 1e-3):
+        print(
+            "jang convert: error: --tune-epochs/--tune-samples/--tune-lr need --tune",
+            file=sys.stderr,
+        )
+        return 1
     try:
         src = data.resolve_model(args.src, quiet=mode != "bar")
     except data.DataError as exc:
