@@ -175,6 +175,7 @@ def convert(
     tune_epochs: int = 2,
     tune_samples: int = 32,
     tune_lr: float = 1e-3,
+    tune_norms: bool = False,
     progress: str = "bar",
     log: Callable[[str], None] | None = None,
 ) -> ConversionReport:
@@ -182,7 +183,8 @@ def convert(
 
     With `tune`, every quantized matrix is rounded first (by `method`), then the group
     scales and biases of all of them are tuned together against the float model on
-    `tune_samples` calibration windows (`jang.quant.tune`) before anything is written.
+    `tune_samples` calibration windows (`jang.quant.tune`) before anything is written;
+    `tune_norms` tunes the normalization gains as well.
     """
     import mlx.core as mx
 
@@ -226,10 +228,11 @@ def convert(
         _gptq_quantize(source, plan, calib, n_samples, seq_len, say) if method == "gptq" else {}
     )
     tune_report = None
+    tuned_floats: dict[str, Any] = {}
     if tune:
         if not precomputed:
             precomputed = _quantize_all(source, plan, dtype, method, debias, say)
-        precomputed, tune_report = _tune(
+        precomputed, tuned_floats, tune_report = _tune(
             source,
             plan,
             precomputed,
@@ -240,6 +243,7 @@ def convert(
             tune_lr,
             say,
             progress,
+            norms=tune_norms,
         )
     missing = [i.name for i in infos if i.name not in entries]
     if missing:
@@ -305,6 +309,8 @@ def convert(
                         raise ConversionError(
                             f"{info.name}: unquantized experts are not supported yet"
                         )
+                    if info.name in tuned_floats:
+                        w = mx.array(tuned_floats.pop(info.name))
                     arr = w.astype(dtype) if mx.issubdtype(w.dtype, mx.floating) else w
                     mx.eval(arr)
                     writer.add_float(info.name, arr, source=src_meta)
@@ -426,8 +432,8 @@ def _quantize_all(source, plan, dtype, method: str, debias: bool, say) -> dict[s
 
 
 def _tune(
-    source, plan, quantized, calib, n_samples, seq_len, epochs, lr, say, mode
-) -> tuple[dict[str, Any], Any]:
+    source, plan, quantized, calib, n_samples, seq_len, epochs, lr, say, mode, *, norms
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """`jang.quant.tune` of `quantized` against the float source, with a progress bar."""
     import copy
 
@@ -471,8 +477,16 @@ def _tune(
             print(json.dumps(event), flush=True)
 
     try:
-        tuned, result = tune.tune_scales(
-            teacher, student, quantized, bits_groups, tokens, epochs=epochs, lr=lr, progress=report
+        tuned, floats, result = tune.tune_scales(
+            teacher,
+            student,
+            quantized,
+            bits_groups,
+            tokens,
+            epochs=epochs,
+            lr=lr,
+            train_norms=norms,
+            progress=report,
         )
     finally:
         if bar is not None:
@@ -481,7 +495,10 @@ def _tune(
         f"tune: training KL {result.kl_first_epoch:.3f} (first epoch) -> "
         f"{result.kl_last_epoch:.3f} (last), {result.seconds:.0f} s"
     )
-    return tuned, result
+    missing = [name for name in floats if name not in {i.name for i in source.tensors()}]
+    if missing:
+        raise ConversionError(f"tune: tuned tensor {missing[0]} is not in the source")
+    return tuned, floats, result
 
 
 def _expert_groups(infos, entries) -> dict[str, tuple[str, int, int]]:

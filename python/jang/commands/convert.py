@@ -21,6 +21,8 @@ examples:
   jang convert ~/models/Llama-3.2-1B -o llama-1b-4k -p JANG_4K
   jang convert ./Qwen3-8B -o qwen3-8b-2s -p JANG_2S --method rtn
   jang convert smollm2 -o smollm2-3bit --bits 3.0 --method gptq --calib boolq --tune
+  jang convert gemma3 -o gemma-3bit --bits 3.0 --method gptq --calib boolq \
+      --tune --tune-norms --tune-epochs 4 --tune-samples 128
 """
 
 
@@ -50,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "calibration text for --method gptq and --tune: a UTF-8 file, or a text prepared by "
             "`jang data` by name (boolq: BoolQ's Wikipedia passages, ~500k tokens; lambada; "
-            "wiki). Default: a small built-in sample (few KB: windows overlap)"
+            "wiki), or several joined by + (boolq+lambada: windows drawn from both). Default: "
+            "a small built-in sample (few KB: windows overlap)"
         ),
     )
     parser.add_argument("--calib-samples", type=int, default=128, help="calibration windows (gptq)")
@@ -63,10 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     tune = parser.add_argument_group(
         "tuning",
-        "after rounding, train every group's scale and bias (codes frozen) so the quantized "
-        "model's next-token distributions match the float model's on the --calib text. Same "
-        "size, same format; much lower error at 2-3 bits. Runs in torch (the eval extra) and "
-        "holds two float32 copies of the model; minutes for a 135M model on 2 CPU cores",
+        "after rounding, train every group's scale and bias (codes frozen; with --tune-norms "
+        "also the normalization gains) so the quantized model's next-token distributions "
+        "match the float model's on the --calib text. Same size, same format; "
+        "much lower error at 2-3 bits. Runs in torch (the eval extra; on a GPU when torch sees "
+        "one) and holds two float32 copies of the model; minutes for a 135M model on 2 CPU "
+        "cores",
     )
     tune.add_argument("--tune", action="store_true", help="tune scales and biases end to end")
     tune.add_argument("--tune-epochs", type=int, default=2, help="passes over the windows (2)")
@@ -74,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tune-samples", type=int, default=32, help="calibration windows for tuning (32)"
     )
     tune.add_argument("--tune-lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
+    tune.add_argument(
+        "--tune-norms", action="store_true", help="also tune the normalization gains (float)"
+    )
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="no progress output")
@@ -90,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
     from jang.source import SourceError
 
     mode = "quiet" if args.quiet else "json" if args.json_progress else "bar"
-    if not args.tune and (args.tune_epochs, args.tune_samples, args.tune_lr) != (2, 32, 1e-3):
+    tune_opts = (args.tune_epochs, args.tune_samples, args.tune_lr, args.tune_norms)
+    if not args.tune and tune_opts != (2, 32, 1e-3, False):
         print(
-            "jang convert: error: --tune-epochs/--tune-samples/--tune-lr need --tune",
+            "jang convert: error: --tune-epochs/--tune-samples/--tune-lr/--tune-norms need --tune",
             file=sys.stderr,
         )
         return 1
@@ -120,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             tune_epochs=args.tune_epochs,
             tune_samples=args.tune_samples,
             tune_lr=args.tune_lr,
+            tune_norms=args.tune_norms,
             progress=mode,
             log=say,
         )

@@ -24,10 +24,14 @@ class Tokenizer(Protocol):
 
 def load_text(path: str | Path | None = None) -> str:
     """The text of `path` (UTF-8), a prepared dataset by name (`jang.evaluate.TEXT_DATASETS`;
-    a file of that name wins), or the built-in sample when `path` is None."""
+    a file of that name wins), several of those joined by ``+`` (``boolq+lambada``: the
+    texts one after the other, so windows are drawn from all), or the built-in sample when
+    `path` is None."""
     from jang.evaluate import TEXT_DATASETS
     from jang.evaluate import load_text as dataset_text
 
+    if path is not None and "+" in str(path) and not Path(path).exists():
+        return "\n\n".join(load_text(part) for part in str(path).split("+"))
     if path is not None and str(path) in TEXT_DATASETS and not Path(path).exists():
         try:
             return dataset_text(dataset=str(path))

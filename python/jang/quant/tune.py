@@ -10,6 +10,9 @@ remaining error goes (bench/RESULTS.md).
 
 Each group's scale is trained as ``s0 * (1 + a)`` and its bias as ``b0 + s0 * c``, so one
 learning rate suits groups of every magnitude and the start is the rounded model.
+Optionally the normalization gains (float tensors of the bundle) are trained with them,
+and, for experiments, the codes themselves (straight-through rounding, then repacked); at
+the rates measured so far the codes barely move (bench/RESULTS.md, "Tuning recipes").
 The forward and backward passes run in torch (float32, any device torch sees) on the
 Hugging Face model built from the source config: torch and transformers (the ``eval``
 extra) are needed here, never by the runtime. The float model and the quantized one are
@@ -28,10 +31,12 @@ import mlx.core as mx
 import numpy as np
 
 from jang.quant.groups import QuantizationError
+from jang.quant.pack import pack
 
 DEFAULT_EPOCHS = 2
 DEFAULT_SAMPLES = 32
 DEFAULT_LR = 1e-3
+DEFAULT_CODE_LR = 5e-3
 
 
 @dataclass
@@ -46,6 +51,8 @@ class TuneReport:
     kl_first_epoch: float
     kl_last_epoch: float
     trainable: int
+    codes_changed: int
+    norms: int
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
@@ -63,8 +70,14 @@ def _torch():
     return torch
 
 
-def _affine_module(torch, codes: np.ndarray, scales: np.ndarray, biases: np.ndarray):
-    """A parametrization returning ``s * q + b`` per group from trainable (a, c)."""
+def _affine_module(
+    torch, codes: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int, train_codes: bool
+):
+    """A parametrization returning ``s * q + b`` per group from trainable (a, c).
+
+    With `train_codes` the codes are trainable too: a float ``u`` per weight, starting at
+    its code, used as ``round(clamp(u))`` forward and as ``u`` backward (straight-through).
+    """
 
     class GroupAffine(torch.nn.Module):
         def __init__(self):
@@ -74,14 +87,22 @@ def _affine_module(torch, codes: np.ndarray, scales: np.ndarray, biases: np.ndar
             self.register_buffer("b0", torch.from_numpy(biases))
             self.a = torch.nn.Parameter(torch.zeros_like(self.s0))
             self.c = torch.nn.Parameter(torch.zeros_like(self.s0))
+            self.u = torch.nn.Parameter(self.q.float()) if train_codes else None
+            self.top = float(2**bits - 1)
 
         def scales_biases(self):
             return self.s0 * (1 + self.a), self.b0 + self.s0 * self.c
 
+        def codes(self):
+            if self.u is None:
+                return self.q.float()
+            u = self.u.clamp(0, self.top)
+            return u + (u.round() - u).detach()
+
         def forward(self, _unused):
             s, b = self.scales_biases()
             rows, groups = s.shape
-            w = self.q.view(rows, groups, -1).float() * s[..., None] + b[..., None]
+            w = self.codes().view(rows, groups, -1) * s[..., None] + b[..., None]
             return w.view(rows, -1)
 
     return GroupAffine()
@@ -107,7 +128,7 @@ def _owners(model) -> dict[int, list[tuple[Any, str]]]:
     return owners
 
 
-def _attach(torch, model, quantized, bits_groups) -> dict[str, Any]:
+def _attach(torch, model, quantized, bits_groups, train_codes: bool = False) -> dict[str, Any]:
     """Replace each quantized module's weight of `model` by its group-affine function."""
     from torch.nn.utils import parametrize
 
@@ -124,7 +145,7 @@ def _attach(torch, model, quantized, bits_groups) -> dict[str, Any]:
             raise QuantizationError(
                 f"tuning: {name} has codes {codes.shape}, model weight {tuple(module.weight.shape)}"
             )
-        affine = _affine_module(torch, codes, _float32(s), _float32(b))
+        affine = _affine_module(torch, codes, _float32(s), _float32(b), bits, train_codes)
         affine.to(module.weight.device)
         for holder, attr in owners[id(module.weight)]:
             setattr(holder, attr, torch.nn.Parameter(torch.empty(0), requires_grad=False))
@@ -142,15 +163,21 @@ def tune_scales(
     *,
     epochs: int = DEFAULT_EPOCHS,
     lr: float = DEFAULT_LR,
+    train_codes: bool = False,
+    code_lr: float = DEFAULT_CODE_LR,
+    train_norms: bool = False,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
-) -> tuple[dict[str, tuple[mx.array, mx.array, mx.array]], TuneReport]:
+) -> tuple[dict[str, tuple[mx.array, mx.array, mx.array]], dict[str, np.ndarray], TuneReport]:
     """Tune the scales and biases of `quantized` ({module: (wq, scales, biases)}).
 
     `teacher` and `student` are two float32 torch copies of the float model (the student's
     quantized weights are replaced here); `tokens` (n, seq_len) are the calibration
-    windows. Returns the same dict with float32 scales and biases, and a report;
-    `progress(step, steps, kl)` is called after every step.
+    windows. `train_codes` lets the codes move too (straight-through rounding, Adam at
+    `code_lr` in code units); `train_norms` tunes the float normalization gains. Returns
+    the same dict with float32 scales and biases (and repacked codes), the tuned float
+    tensors by source name (the norms, else empty), and a report; `progress(step, steps,
+    kl)` is called after every step.
     """
     torch = _torch()
     if epochs < 1:
@@ -163,9 +190,18 @@ def tune_scales(
         p.requires_grad_(False)
     teacher.eval()
     student.eval()
-    affines = _attach(torch, student, quantized, bits_groups)
-    params = [p for a in affines.values() for p in (a.a, a.c)]
-    opt = torch.optim.Adam(params, lr=lr)
+    affines = _attach(torch, student, quantized, bits_groups, train_codes)
+    groups = [{"params": [p for a in affines.values() for p in (a.a, a.c)], "lr": lr}]
+    if train_codes:
+        groups.append({"params": [a.u for a in affines.values()], "lr": code_lr})
+    norms = _norm_gains(student) if train_norms else {}
+    if norms:
+        for p in norms.values():
+            p.requires_grad_(True)
+        groups.append({"params": list(norms.values()), "lr": lr})
+    for group in groups:
+        group["base_lr"] = group["lr"]
+    opt = torch.optim.Adam(groups)
     device = next(teacher.parameters()).device
     steps = epochs * tokens.shape[0]
     step = 0
@@ -183,7 +219,7 @@ def tune_scales(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for group in opt.param_groups:  # cosine decay to zero over all steps
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+                group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
             opt.step()
             step += 1
             kl = float(loss.detach())
@@ -192,11 +228,17 @@ def tune_scales(
                 progress(step, steps, kl)
         epoch_kl.append(total / tokens.shape[0])
     out = {}
+    changed = 0
     with torch.no_grad():
         for name, affine in affines.items():
             s, b = affine.scales_biases()
             wq = quantized[name][0]
+            if train_codes:
+                codes = affine.codes().to(torch.uint8)
+                changed += int((codes != affine.q).sum())
+                wq = mx.array(pack(codes.cpu().numpy(), bits_groups[name][0]))
             out[name] = (wq, mx.array(s.cpu().numpy()), mx.array(b.cpu().numpy()))
+        floats = {name: p.detach().cpu().numpy().copy() for name, p in norms.items()}
     report = TuneReport(
         steps=steps,
         windows=int(tokens.shape[0]),
@@ -205,7 +247,18 @@ def tune_scales(
         lr=lr,
         kl_first_epoch=epoch_kl[0],
         kl_last_epoch=epoch_kl[-1],
-        trainable=sum(p.numel() for p in params),
+        trainable=sum(p.numel() for g in groups for p in g["params"]),
+        codes_changed=changed,
+        norms=len(norms),
         seconds=time.perf_counter() - t0,
     )
-    return out, report
+    return out, floats, report
+
+
+def _norm_gains(model) -> dict[str, Any]:
+    """The model's normalization gains (1-D float parameters of its norm layers), by name."""
+    return {
+        name: p
+        for name, p in model.named_parameters()
+        if p.ndim == 1 and "norm" in name.lower() and "parametrizations" not in name
+    }
