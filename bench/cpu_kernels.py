@@ -5,7 +5,7 @@ fp16 scales and biases (2 * N*K/group_size * 2 bytes). Effective bandwidth = tho
 "hot" repeats one matrix (it stays in this machine's large L3); "cold" rotates through enough
 copies (>= 512 MiB) that every call streams its weights from DRAM.
 
-Usage: python bench/kernels.py [--k 4096] [--n 4096] [--group-size 64] [--reps 20]
+Usage: python bench/cpu_kernels.py [--k 4096] [--n 4096] [--group-size 64] [--reps 20]
 """
 
 from __future__ import annotations
