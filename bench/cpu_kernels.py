@@ -45,24 +45,23 @@ def copy_bandwidth(nbytes: int, threads: int, reps: int = 5) -> float:
     return 2 * nbytes / best / 1e9
 
 
-def best_time(fn, reps: int) -> float:
+def _times(fn, reps: int) -> list[float]:
+    """Seconds of `reps` evaluations of fn(i), after one warm-up."""
     mx.eval(fn(0))
     times = []
     for i in range(reps):
         t = time.perf_counter()
         mx.eval(fn(i))
         times.append(time.perf_counter() - t)
-    return min(times)
+    return times
+
+
+def best_time(fn, reps: int) -> float:
+    return min(_times(fn, reps))
 
 
 def median_time(fn, reps: int) -> float:
-    mx.eval(fn(0))
-    times = []
-    for i in range(reps):
-        t = time.perf_counter()
-        mx.eval(fn(i))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.median(_times(fn, reps)))
 
 
 def main() -> None:

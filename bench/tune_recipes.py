@@ -89,7 +89,7 @@ def main() -> None:
     from jang import convert as conv
     from jang import evaluate as ev
     from jang import plan as planner
-    from jang import quant, reference
+    from jang import reference
     from jang.quant import tune
     from jang.source import open_source
 
@@ -151,10 +151,7 @@ def main() -> None:
     text = Path(args.eval_text).read_text(encoding="utf-8")
     wins = ev.tokenize_windows(tokenizer, text, args.windows, 512, bos)
     most = max([o.get("samples", tune.DEFAULT_SAMPLES) for _, o in recipes])
-    body = 512 - (bos is not None)
-    calib = np.array(quant.calibration_tokens(tokenizer, args.calib, n_samples=most, seq_len=body))
-    if bos is not None:
-        calib = np.concatenate([np.full((len(calib), 1), bos, calib.dtype), calib], axis=1)
+    calib = conv.tuning_windows(tokenizer, source.config, args.calib, most, 512)
 
     for name, opts in recipes:
         t1 = time.perf_counter()

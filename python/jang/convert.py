@@ -431,22 +431,30 @@ def _quantize_all(source, plan, dtype, method: str, debias: bool, say) -> dict[s
     return out
 
 
+def tuning_windows(tokenizer, config: dict[str, Any], calib, n_samples: int, seq_len: int):
+    """(n_samples, seq_len) int windows of the calibration text for tuning, BOS first for
+    models that expect one."""
+    from jang import quant
+    from jang.evaluate import bos_id
+
+    bos = bos_id(tokenizer, config)
+    body = seq_len - (bos is not None)
+    tokens = np.array(quant.calibration_tokens(tokenizer, calib, n_samples=n_samples, seq_len=body))
+    if bos is not None:
+        tokens = np.concatenate([np.full((len(tokens), 1), bos, tokens.dtype), tokens], axis=1)
+    return tokens
+
+
 def _tune(
     source, plan, quantized, calib, n_samples, seq_len, epochs, lr, say, mode, *, norms
 ) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """`jang.quant.tune` of `quantized` against the float source, with a progress bar."""
     import copy
 
-    from jang import quant, reference
-    from jang.evaluate import bos_id
+    from jang import reference
     from jang.quant import tune
 
-    tokenizer = _source_tokenizer(source)
-    bos = bos_id(tokenizer, source.config)
-    body = seq_len - (bos is not None)
-    tokens = np.array(quant.calibration_tokens(tokenizer, calib, n_samples=n_samples, seq_len=body))
-    if bos is not None:
-        tokens = np.concatenate([np.full((len(tokens), 1), bos, tokens.dtype), tokens], axis=1)
+    tokens = tuning_windows(_source_tokenizer(source), source.config, calib, n_samples, seq_len)
     float_tensors, _ = reference.source_tensors_of(source)
     teacher = reference.load_tensors(
         reference.build_model(source.config), float_tensors, source.config
@@ -495,7 +503,8 @@ def _tune(
         f"tune: training KL {result.kl_first_epoch:.3f} (first epoch) -> "
         f"{result.kl_last_epoch:.3f} (last), {result.seconds:.0f} s"
     )
-    missing = [name for name in floats if name not in {i.name for i in source.tensors()}]
+    names = {i.name for i in source.tensors()}
+    missing = [name for name in floats if name not in names]
     if missing:
         raise ConversionError(f"tune: tuned tensor {missing[0]} is not in the source")
     return tuned, floats, result
