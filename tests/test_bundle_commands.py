@@ -43,6 +43,8 @@ def test_convert_json_progress_and_refusal(tiny_bundle, capsys):
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[-1]["event"] == "done" and lines[-1]["bytes"] > 0
+    assert {line["event"] for line in lines} == {"log", "tensor", "done"}
+    assert lines[0]["event"] == "log" and lines[0]["message"].startswith("plan: ")
     assert (
         cli.main(
             [

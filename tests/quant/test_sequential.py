@@ -243,3 +243,87 @@ def test_bad_plans(tokens, plan, match):
 def test_bad_tokens():
     with pytest.raises(QuantizationError, match="samples, length"):
         gptq_model(tiny_model(), {}, mx.zeros((0, 16), dtype=mx.int32))
+
+
+def head_model(tied: bool, seed=0):
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs(**{**ARGS.__dict__, "tie_word_embeddings": tied}))
+    mx.eval(model.parameters())
+    return model
+
+
+def final_hidden_hessian(model, tokens):
+    """2 X^T X / n of the final norm's outputs: what the output head reads."""
+    norm, seen = model.model.norm, []
+
+    class Spy(nn.Module):
+        def __call__(self, x):
+            out = norm(x)
+            seen.append(np.array(out, np.float64).reshape(-1, out.shape[-1]))
+            return out
+
+    model.model.norm = Spy()
+    model(tokens)
+    model.model.norm = norm
+    x = np.concatenate(seen)
+    return 2 * x.T @ x / len(x)
+
+
+@pytest.mark.parametrize("tied", (True, False))
+def test_output_head_gets_gptq_on_the_final_hidden_states(tokens, tied, monkeypatch):
+    """The module the model calls as its head is GPTQ-quantized on the Hessian of the
+    final norm's outputs (of the model whose layers are already quantized); it then
+    beats the clip search on the logits."""
+    head = "model.embed_tokens" if tied else "lm_head"
+    seen = {}
+    real = seq.gptq_quantize
+
+    def spy(w, hessian, bits, group_size, **kw):
+        if w.shape == (256, 64):
+            seen["h"] = hessian.matrix()
+        return real(w, hessian, bits, group_size, **kw)
+
+    monkeypatch.setattr(seq, "gptq_quantize", spy)
+    layer_plan = {n: (3, 32) for n in linears(head_model(tied)) if ".layers." in n}
+    plan = {**layer_plan, head: (2, 32)}
+    model = head_model(tied)
+    results = gptq_model(model, plan, tokens, batch_size=4)
+    assert "h" in seen
+
+    # the Hessian: the final states of the model with its layers (and, tied, the
+    # embedding's lookup as clip left it) quantized
+    expected = head_model(tied)
+    mods = dict(expected.named_modules())
+    for n, (bits, gs) in layer_plan.items():
+        mods[n].weight = dequantize_tensor(*results[n], bits, gs)
+    if tied:
+        clipped = quantize_tensor(mods[head].weight, 2, 32, method="clip")
+        mods[head].weight = dequantize_tensor(*clipped, 2, 32)
+    h = final_hidden_hessian(expected, tokens)
+    np.testing.assert_allclose(seen["h"], h, atol=1e-4 * np.abs(h).max())
+
+    # what GPTQ minimises, the head's output error on those states, against the clip search
+    float_head = dict(head_model(tied).named_modules())[head].weight
+
+    def head_error(q):
+        e = np.array(dequantize_tensor(*q, 2, 32) - float_head, np.float64)
+        return np.einsum("ij,jk,ik->", e, h, e)
+
+    clip_error = head_error(quantize_tensor(float_head, 2, 32, "clip"))
+    assert head_error(results[head]) < 0.9 * clip_error
+    installed = dict(model.named_modules())[head]  # replace=True installs the GPTQ result
+    assert isinstance(installed, nn.QuantizedEmbedding if tied else nn.QuantizedLinear)
+    np.testing.assert_array_equal(np.array(installed.weight), np.array(results[head][0]))
+
+
+def test_an_untied_embedding_keeps_the_clip_search(tokens, monkeypatch):
+    called = []
+    monkeypatch.setattr(seq, "gptq_quantize", lambda *a, **k: called.append(1))
+    model = head_model(tied=False)
+    weight = model.model.embed_tokens.weight
+    results = gptq_model(model, {"model.embed_tokens": (3, 32)}, tokens, replace=False)
+    assert not called
+    for a, b in zip(
+        results["model.embed_tokens"], quantize_tensor(weight, 3, 32, "clip"), strict=True
+    ):
+        np.testing.assert_array_equal(np.array(a), np.array(b))

@@ -357,9 +357,11 @@ def gptq_model(
 
     `plan` maps module paths (``"model.layers.0.self_attn.q_proj"``) to ``(bits,
     group_size)``; modules not in it stay float. `tokens` is an int array (samples,
-    length) of calibration text. Linear modules inside the decoder layers get GPTQ;
-    planned modules outside them (embeddings, a separate lm_head) get the importance-free
-    clip search, since no layer input reaches them on the way. Returns
+    length) of calibration text. Linear modules inside the decoder layers get GPTQ.
+    Planned modules outside them (embeddings, a separate lm_head) first get the
+    importance-free clip search; then the one the model calls as its output head (a
+    separate lm_head, or a tied embedding's ``as_linear``) is GPTQ-quantized on the
+    Hessian of its input, the quantized model's final hidden states. Returns
     ``{path: (wq, scales, biases)}`` in MLX's affine layout; with `replace`, the modules
     are also swapped for ``nn.QuantizedLinear`` / ``nn.QuantizedEmbedding`` in place,
     otherwise the model keeps its original float weights.
@@ -392,8 +394,9 @@ def gptq_model(
     # Modules outside the decoder layers (embeddings, a separate lm_head) first, so the
     # captured layer inputs already carry the embedding's quantization error.
     restore = []
+    outside = {p: modules[p].weight for p in plan if not p.startswith(prefix + ".")}
     for path, (bits, gs) in plan.items():
-        if path.startswith(prefix + "."):
+        if path not in outside:
             continue
         module = modules[path]
         q = quantize_tensor(module.weight, bits, gs, method="clip")
@@ -429,10 +432,91 @@ def gptq_model(
         if replace:
             for n, (bits, gs) in planned.items():
                 _set(layer, n, _quantized_module(_get(layer, n), *results[lp + n], bits, gs))
+    head = _head_gptq(model, plan, outside, layers, batches, hs, backend, options)
+    if head is not None:
+        path, q = head
+        results[path] = q
+        if replace:
+            bits, gs = plan[path]
+            _set(model, path, _quantized_module(modules[path], *q, bits, gs))
+        report(f"{path}: GPTQ as the output head")
     for module, weight in restore:
         module.weight = weight
 
     return results
+
+
+class _HeadSeen(Exception):
+    """Raised by `_HeadRecorder` with the head's input; ends the forward pass."""
+
+    def __init__(self, path: str, x: mx.array):
+        super().__init__(path)
+        self.path, self.x = path, x
+
+
+class _HeadRecorder:
+    """Stands in for a module outside the decoder layers; its use as the output head
+    (a Linear's call, an Embedding's ``as_linear``) raises `_HeadSeen`."""
+
+    def __init__(self, module: nn.Module, path: str):
+        self._module, self._path = module, path
+
+    def __getattr__(self, key):
+        return getattr(self._module, key)
+
+    def __call__(self, x):
+        if hasattr(self._module, "as_linear"):  # an embedding's lookup, not the head
+            return self._module(x)
+        raise _HeadSeen(self._path, x)
+
+    def as_linear(self, x):
+        raise _HeadSeen(self._path, x)
+
+
+class _Replay:
+    """Stands in for a decoder layer: the first returns the stored last-layer output, the
+    others pass their input through, so the model runs only what follows its layers."""
+
+    def __init__(self, layer, output: mx.array | None):
+        self._layer, self._output = layer, output
+
+    def __getattr__(self, key):
+        return getattr(self._layer, key)
+
+    def __call__(self, x, *args, **kwargs):
+        return x if self._output is None else self._output
+
+
+def _head_gptq(model, plan, floats, layers, batches, hs, backend, options):
+    """GPTQ of the planned module that serves as the output head (a separate lm_head or a
+    tied embedding), on the Hessian of its inputs: the quantized model's final hidden
+    states, after whatever follows the layers (the final norm). The clip result stays
+    where no planned module is called as the head. Returns (path, quantized) or None."""
+    outside = list(floats)
+    if not outside:
+        return None
+    modules = dict(model.named_modules())
+    originals = list(layers)
+    hessian, head = None, None
+    try:
+        for p in outside:
+            _set(model, p, _HeadRecorder(modules[p], p))
+        for batch, h in zip(batches, hs, strict=True):
+            layers[:] = [_Replay(lay, h if i == 0 else None) for i, lay in enumerate(originals)]
+            try:
+                model(batch)
+            except _HeadSeen as seen:
+                head = seen.path
+                hessian = hessian or Hessian(seen.x.shape[-1], backend)
+                hessian.add(seen.x.astype(mx.float32))
+            else:
+                return None
+    finally:
+        layers[:] = originals
+        for p in outside:
+            _set(model, p, modules[p])
+    bits, gs = plan[head]
+    return head, gptq_quantize(floats[head], hessian, bits, gs, backend=backend, **options)
 
 
 class _SquareSums:
