@@ -327,3 +327,40 @@ def test_an_untied_embedding_keeps_the_clip_search(tokens, monkeypatch):
         results["model.embed_tokens"], quantize_tensor(weight, 3, 32, "clip"), strict=True
     ):
         np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+def test_a_matrix_before_the_layers_is_not_taken_for_the_head(tokens, monkeypatch):
+    """A planned Linear that runs before the decoder layers (an input projection) keeps the
+    clip search; the head is still the tied embedding used after them."""
+
+    class ProjectedEmbedding(nn.Module):
+        def __init__(self, embed):
+            super().__init__()
+            self.embed, self.proj = embed, nn.Linear(64, 64, bias=False)
+
+        def __call__(self, x):
+            return self.proj(self.embed(x))
+
+        def as_linear(self, x):
+            return self.embed.as_linear(x)
+
+    mx.random.seed(1)
+    model = head_model(tied=True)
+    model.model.embed_tokens = ProjectedEmbedding(model.model.embed_tokens)
+    mx.eval(model.parameters())
+    proj = model.model.embed_tokens.proj.weight
+    shapes = []
+    real = seq.gptq_quantize
+
+    def spy(w, hessian, bits, group_size, **kw):
+        shapes.append(w.shape)
+        return real(w, hessian, bits, group_size, **kw)
+
+    monkeypatch.setattr(seq, "gptq_quantize", spy)
+    plan = {"model.embed_tokens.proj": (3, 32), "model.embed_tokens.embed": (2, 32)}
+    results = gptq_model(model, plan, tokens, replace=False)
+    assert shapes == [(256, 64)]  # the embedding, as the head
+    for a, b in zip(
+        results["model.embed_tokens.proj"], quantize_tensor(proj, 3, 32, "clip"), strict=True
+    ):
+        np.testing.assert_array_equal(np.array(a), np.array(b))

@@ -455,35 +455,41 @@ class _HeadSeen(Exception):
 
 
 class _HeadRecorder:
-    """Stands in for a module outside the decoder layers; its use as the output head
-    (a Linear's call, an Embedding's ``as_linear``) raises `_HeadSeen`."""
+    """Stands in for a module outside the decoder layers. Used as a matrix (a Linear's
+    call, an Embedding's ``as_linear``) once the layers have run, it raises `_HeadSeen`;
+    before them (an embedding's lookup, an input projection) it runs as usual."""
 
-    def __init__(self, module: nn.Module, path: str):
-        self._module, self._path = module, path
+    def __init__(self, module: nn.Module, path: str, after_layers: list[bool]):
+        self._module, self._path, self._after = module, path, after_layers
 
     def __getattr__(self, key):
         return getattr(self._module, key)
 
     def __call__(self, x):
-        if hasattr(self._module, "as_linear"):  # an embedding's lookup, not the head
+        if not self._after[0] or hasattr(self._module, "as_linear"):
             return self._module(x)
         raise _HeadSeen(self._path, x)
 
     def as_linear(self, x):
+        if not self._after[0]:
+            return self._module.as_linear(x)
         raise _HeadSeen(self._path, x)
 
 
 class _Replay:
     """Stands in for a decoder layer: the first returns the stored last-layer output, the
-    others pass their input through, so the model runs only what follows its layers."""
+    others pass their input through, so the model runs only what follows its layers; the
+    last marks that the layers are done."""
 
-    def __init__(self, layer, output: mx.array | None):
-        self._layer, self._output = layer, output
+    def __init__(self, layer, output: mx.array | None, after_layers: list[bool] | None):
+        self._layer, self._output, self._after = layer, output, after_layers
 
     def __getattr__(self, key):
         return getattr(self._layer, key)
 
     def __call__(self, x, *args, **kwargs):
+        if self._after is not None:
+            self._after[0] = True
         return x if self._output is None else self._output
 
 
@@ -497,17 +503,24 @@ def _head_gptq(model, plan, floats, layers, batches, hs, backend, options):
         return None
     modules = dict(model.named_modules())
     originals = list(layers)
+    last = len(originals) - 1
     hessian, head = None, None
+    after_layers = [False]
     try:
         for p in outside:
-            _set(model, p, _HeadRecorder(modules[p], p))
+            _set(model, p, _HeadRecorder(modules[p], p, after_layers))
         for batch, h in zip(batches, hs, strict=True):
-            layers[:] = [_Replay(lay, h if i == 0 else None) for i, lay in enumerate(originals)]
+            after_layers[0] = False
+            layers[:] = [
+                _Replay(lay, h if i == 0 else None, after_layers if i == last else None)
+                for i, lay in enumerate(originals)
+            ]
             try:
                 model(batch)
             except _HeadSeen as seen:
                 head = seen.path
-                hessian = hessian or Hessian(seen.x.shape[-1], backend)
+                if hessian is None:
+                    hessian = Hessian(seen.x.shape[-1], backend)
                 hessian.add(seen.x.astype(mx.float32))
             else:
                 return None
