@@ -41,6 +41,11 @@ class ConversionError(RuntimeError):
     """A conversion failed; nothing was written to the output path."""
 
 
+def emit_event(event: str, **fields: Any) -> None:
+    """One line of `--json-progress` output on stdout: {"event": event, **fields}."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
 @dataclass
 class Progress:
     """Progress reporting: a tqdm bar, JSON lines for scripts, or nothing."""
@@ -70,19 +75,14 @@ class Progress:
             elapsed = time.perf_counter() - self._start
             rate = self._done / elapsed if elapsed > 0 else 0.0
             eta = (self.total_bytes - self._done) / rate if rate > 0 else None
-            print(
-                json.dumps(
-                    {
-                        "event": "tensor",
-                        "name": name,
-                        "done_tensors": self._count,
-                        "done_bytes": self._done,
-                        "total_bytes": self.total_bytes,
-                        "mb_per_s": round(rate / 1e6, 2),
-                        "eta_s": None if eta is None else round(eta, 1),
-                    }
-                ),
-                flush=True,
+            emit_event(
+                "tensor",
+                name=name,
+                done_tensors=self._count,
+                done_bytes=self._done,
+                total_bytes=self.total_bytes,
+                mb_per_s=round(rate / 1e6, 2),
+                eta_s=None if eta is None else round(eta, 1),
             )
 
     def close(self) -> None:
@@ -481,8 +481,7 @@ def _tune(
             bar.set_postfix_str(f"KL {kl:.3f}", refresh=False)
             bar.update(1)
         elif mode == "json":
-            event = {"event": "tune", "step": step, "steps": steps, "kl": round(kl, 5)}
-            print(json.dumps(event), flush=True)
+            emit_event("tune", step=step, steps=steps, kl=round(kl, 5))
 
     try:
         tuned, floats, result = tune.tune_scales(

@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from jang import data
     from jang.bundle import BundleError
-    from jang.convert import ConversionError, convert
+    from jang.convert import ConversionError, convert, emit_event
     from jang.plan import PlanError
     from jang.profiles import ProfileError
     from jang.quant import QuantizationError
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         if mode == "bar":
             print(msg, file=sys.stderr)
         elif mode == "json":  # long stages (GPTQ, tuning setup) stay visible to scripts
-            print(json.dumps({"event": "log", "message": msg}), flush=True)
+            emit_event("log", message=msg)
 
     try:
         plan = json.loads(args.plan.read_text()) if args.plan else None
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         "bpw_codes": report.bpw_codes,
     }
     if mode == "json":
-        print(json.dumps({"event": "done", **summary}))
+        emit_event("done", **summary)
     elif mode == "bar":
         print(
             f"wrote {report.out}: {report.bytes_written / 1e6:.1f} MB, "
