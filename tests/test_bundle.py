@@ -284,3 +284,23 @@ def test_public_jang_unsupported_variants(tmp_path):
     (bad / "jang_config.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="only JANG v2"):
         jang.load(bad)
+
+
+def test_float_bias_beside_quantized_weight(tmp_path):
+    """A float `.bias` stored beside a quantized module (Qwen2's q/k/v) gets its own
+    manifest record: records are keyed by stored array name, never by splitting names."""
+    out = tmp_path / "b"
+    w, s, b = mx.quantize(mx.random.normal((8, 64)), group_size=64, bits=4)
+    with bundle.BundleWriter(out) as writer:
+        writer.add_quantized("m.k_proj", w, s, b, bits=4, group_size=64, shape=(8, 64), source={})
+        writer.add_float("m.k_proj.bias", mx.ones((8,), mx.bfloat16), source={})
+        writer.finish({"model_type": "llama"}, {})
+    tensors = bundle.read_manifest(out)["tensors"]
+    assert tensors["m.k_proj.bias"]["arrays"]["bias"]["shape"] == [8]
+    assert tensors["m.k_proj"]["arrays"]["scales"]["shard"] == "model.safetensors"
+    with pytest.raises(BundleError, match="written twice"):
+        with bundle.BundleWriter(tmp_path / "c") as writer:
+            writer.add_float("m.k_proj.bias", mx.ones((8,)), source={})
+            writer.add_quantized(
+                "m.k_proj.bias", w, s, b, bits=4, group_size=64, shape=(8, 64), source={}
+            )

@@ -60,6 +60,33 @@ def test_normalize_config_lifts_rope_theta():
     assert nested["text_config"]["rope_theta"] == 500000.0
 
 
+def test_normalize_config_fills_what_mlx_lm_reads():
+    """transformers-5 configs, each key the way mlx-lm 0.32 reads it (the conformance
+    matrix found each one: a missing key failed to load or silently changed the model)."""
+    yarn = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "partial_rotary_factor": 0.5}
+    c = normalize_config({"hidden_size": 64, "num_attention_heads": 4, "rope_parameters": yarn})
+    assert c["rope_scaling"] == {"rope_type": "yarn", "factor": 4.0, "partial_rotary_factor": 0.5}
+    assert c["partial_rotary_factor"] == 0.5 and c["head_dim"] == 16
+    assert normalize_config({"num_local_experts": 8})["num_experts"] == 8
+    assert normalize_config({"num_local_experts": 8, "num_experts": 4})["num_experts"] == 4
+    assert "rope_scaling" not in normalize_config(CONFIG)  # default RoPE: nothing to scale
+    mamba2 = normalize_config(
+        {
+            "model_type": "mamba2",
+            "num_heads": 8,
+            "head_dim": 16,
+            "time_step_limit": [0.0, {"__float__": "Infinity"}],
+        }
+    )
+    assert mamba2["intermediate_size"] == 128 and mamba2["time_step_limit"] == [0.0, float("inf")]
+    # a VLM's head is tied by the top-level flag, which the text tower must agree with
+    vlm = normalize_config(
+        {"tie_word_embeddings": True, "text_config": {"tie_word_embeddings": False}}
+    )
+    assert vlm["text_config"]["tie_word_embeddings"] is True
+    assert "tie_word_embeddings" not in normalize_config({"text_config": {}})["text_config"]
+
+
 def test_hf_directory(tmp_path):
     w = np.random.randn(8, 64).astype(np.float32)
     b = np.random.randn(64).astype(np.float16)

@@ -50,18 +50,15 @@ KNOWN_FAMILIES: dict[str, str] = {
     "qwen3_next": LINEAR_ATTENTION,
 }
 
-# Top-level model_types of VLM containers whose text tower lives in ``text_config``.
-VLM_CONTAINERS = {
-    "gemma3",
-    "llava",
-    "llava_next",
-    "mistral3",
-    "qwen2_vl",
-    "qwen2_5_vl",
-    "idefics3",
-    "paligemma",
-    "pixtral",
+# model_types mlx-lm builds but jang cannot convert yet, with the reason (the conformance
+# matrix, tests/conformance, found each one); refused before any work.
+UNSUPPORTED: dict[str, str] = {
+    "jamba": "mlx-lm 0.32.2 renormalizes Jamba's top-2 expert weights where the reference "
+    "model does not, so every Jamba bundle would run a different model",
 }
+
+# Top-level model_types of VLM containers whose text tower lives in ``text_config``.
+VLM_CONTAINERS = {"gemma3", "llava", "mistral3", "qwen2_vl", "qwen2_5_vl"}
 
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
 _VISION_PARTS = (
@@ -170,6 +167,9 @@ def detect(config: dict[str, Any], names: Iterable[str] = ()) -> Arch:
     text_names = [n for n in names if not is_vision(n)]
     layers_seen = {i for i in map(layer_index, text_names) if i is not None}
     num_layers = _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
+    pattern = _first(cfg, "layers_block_type", "layer_types")  # transformers 5 hybrids
+    if num_layers is None and isinstance(pattern, list) and pattern:
+        num_layers = len(pattern)
     if num_layers is None:
         if not layers_seen:
             raise ArchError("config.json has no num_hidden_layers and no tensor names show layers")
@@ -243,7 +243,8 @@ def detect(config: dict[str, Any], names: Iterable[str] = ()) -> Arch:
         re.search(r"\.(q_proj|qkv_proj|query_key_value|c_attn|Wqkv)\.", n) for n in text_names
     )
     linear_names = any(".linear_attn." in n for n in text_names)
-    family = KNOWN_FAMILIES.get(model_type)
+    # transformers 5 names some text towers "<container>_text" (qwen2_vl_text)
+    family = KNOWN_FAMILIES.get(model_type) or KNOWN_FAMILIES.get(model_type.removesuffix("_text"))
     known = family is not None
     if family is None:
         if linear_names:
@@ -278,3 +279,31 @@ def detect(config: dict[str, Any], names: Iterable[str] = ()) -> Arch:
         container_type=top_type if vlm and top_type != model_type else None,
         warnings=tuple(warnings),
     )
+
+
+def supported_families() -> list[str]:
+    """The top-level model_types the conformance matrix passes: KNOWN_FAMILIES and the VLM
+    containers, less UNSUPPORTED."""
+    return sorted((set(KNOWN_FAMILIES) | VLM_CONTAINERS) - set(UNSUPPORTED))
+
+
+def require_supported(config: dict[str, Any]) -> None:
+    """Refuse, before any work, a model that mlx-lm cannot build or that jang cannot convert:
+    one line naming the family and listing the supported ones (ArchError)."""
+    from mlx_lm.utils import _get_classes
+
+    model_type = str(text_config(config).get("model_type") or config.get("model_type") or "")
+    top_type = str(config.get("model_type") or model_type)
+    listed = ", ".join(supported_families())
+    if model_type in UNSUPPORTED or top_type in UNSUPPORTED:
+        reason = UNSUPPORTED.get(model_type) or UNSUPPORTED[top_type]
+        raise ArchError(
+            f"model family {top_type!r} is not supported yet ({reason}); supported: {listed}"
+        )
+    try:
+        _get_classes(config)
+    except ValueError:
+        raise ArchError(
+            f"model family {top_type!r} is not supported: mlx-lm cannot build it; "
+            f"supported: {listed}"
+        ) from None

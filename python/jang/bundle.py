@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from jang.source import encode_floats
+
 FORMAT = "jang"
 FORMAT_VERSION = 1
 MANIFEST = "jang.json"
@@ -187,6 +189,9 @@ class BundleWriter:
         self.tmp.mkdir()
         self._shards: list[ShardWriter] = []
         self._shard_of: dict[str, int] = {}
+        # stored array name -> its manifest record, filled as each array is added, so every
+        # array in a shard has a record by construction (no lookup by name splitting)
+        self._records: dict[str, dict[str, Any]] = {}
 
     def __enter__(self) -> BundleWriter:
         return self
@@ -212,8 +217,10 @@ class BundleWriter:
         for suffix, array in arrays.items():
             name = f"{key}.{suffix}"
             self._shards[shard].add(name, array)
+            if name in self._records:
+                raise BundleError(f"{name} written twice")
             self._shard_of[name] = shard
-            records[suffix] = {"name": name}
+            records[suffix] = self._records[name] = {"name": name}
         return records
 
     def add_quantized(
@@ -280,7 +287,7 @@ class BundleWriter:
             data_start = shard.close()
             shard.path.rename(self.tmp / final)
             for name, entry in shard.entries.items():
-                record = self._record_for(name)
+                record = self._records[name]
                 record.update(
                     shard=final,
                     offset=data_start + entry["data_offsets"][0],
@@ -294,7 +301,7 @@ class BundleWriter:
             total = sum((self.tmp / f).stat().st_size for f in names)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             self.add_file("model.safetensors.index.json", json.dumps(index, indent=2))
-        self.add_file("config.json", json.dumps(config, indent=2))
+        self.add_file("config.json", json.dumps(encode_floats(config), indent=2, allow_nan=False))
         full = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -304,13 +311,6 @@ class BundleWriter:
         }
         self.add_file(MANIFEST, json.dumps(full, indent=1))
         return self._move_into_place()
-
-    def _record_for(self, name: str) -> dict[str, Any]:
-        key, _, suffix = name.rpartition(".")
-        entry = self.tensors.get(key) or self.tensors.get(name)
-        if entry is None or suffix not in entry["arrays"]:
-            raise BundleError(f"internal: no manifest entry for {name}")
-        return entry["arrays"][suffix]
 
     def _move_into_place(self) -> Path:
         old = None

@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from jang import __version__
+from jang.arch import ArchError, require_supported
 from jang.bundle import BundleWriter, quantization_config
+from jang.mlx_view import mlx_model, mlx_view
 from jang.source import ModelSource, mlx_buffer, open_source, trim_memory
 
 METHODS = ("rtn", "clip", "gptq")
@@ -35,6 +37,8 @@ DEFAULT_METHOD = "clip"
 # per-expert source names -> (switch_mlp name) for the MoE families mlx-lm stacks
 _EXPERT = re.compile(r"^(?P<prefix>.+)\.experts\.(?P<e>\d+)\.(?P<proj>[a-z0-9_]+)\.weight$")
 _EXPERT_PROJ = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+# families whose mlx-lm model names the stacked projections otherwise (its sanitize renames)
+_EXPERT_PROJ_BY_TYPE = {"nemotron_h": {"up_proj": "fc1", "down_proj": "fc2"}}
 
 
 class ConversionError(RuntimeError):
@@ -206,6 +210,8 @@ def convert(
         debias = method == "clip"
     t0 = time.perf_counter()
     source = open_source(src)
+    _refuse_early(source.config, [i.name for i in source.tensors()], method, tune)
+    source = mlx_view(source)
     infos = source.tensors()
     if plan is None:
         plan = planner.make_plan(
@@ -250,8 +256,9 @@ def convert(
         raise ConversionError(
             f"the plan has no entry for {missing[0]} (plan made for another model?)"
         )
-    dropped = _dropped_by_sanitize(source)
-    experts = _expert_groups(infos, entries)
+    dropped, renamed = _sanitized_names(source)
+    experts = _expert_groups(infos, entries, source.config.get("model_type"))
+    presanitize = _presanitized(source, experts)
     pending: dict[str, list[tuple[int, Any, Any, Any]]] = {}
     float_modules: list[str] = []
     meter = Progress(sum(i.nbytes for i in infos), progress)
@@ -292,7 +299,7 @@ def convert(
                         if len(group) == count:
                             _write_experts(writer, target, pending.pop(target), entry, info.shape)
                     else:
-                        module = info.name.removesuffix(".weight")
+                        module = renamed.get(info.name, info.name).removesuffix(".weight")
                         writer.add_quantized(
                             module,
                             q,
@@ -311,11 +318,14 @@ def convert(
                         )
                     if info.name in tuned_floats:
                         w = mx.array(tuned_floats.pop(info.name))
+                    if info.name in presanitize:
+                        w = presanitize[info.name](w)
                     arr = w.astype(dtype) if mx.issubdtype(w.dtype, mx.floating) else w
                     mx.eval(arr)
-                    writer.add_float(info.name, arr, source=src_meta)
-                    if info.name.endswith(".weight") and len(info.shape) == 2:
-                        float_modules.append(info.name.removesuffix(".weight"))
+                    name = renamed.get(info.name, info.name)
+                    writer.add_float(name, arr, source=src_meta)
+                    if name.endswith(".weight") and len(info.shape) == 2:
+                        float_modules.append(name.removesuffix(".weight"))
                 meter.step(info.name, info.nbytes)
             if pending:
                 raise ConversionError(f"incomplete expert groups: {', '.join(sorted(pending))}")
@@ -363,6 +373,26 @@ def convert(
     )
 
 
+def _refuse_early(config: dict[str, Any], names: list[str], method: str, tune: bool) -> None:
+    """Every refusal that does not need the weights, before any work: a family jang does
+    not convert, and the paths GPTQ and tuning do not handle yet."""
+    from jang.arch import detect
+
+    try:
+        require_supported(config)
+        arch = detect(config, names)
+    except ArchError as exc:
+        raise ConversionError(str(exc)) from None
+    if arch.moe and method == "gptq":
+        raise ConversionError("--method gptq does not handle MoE experts yet; use clip")
+    if arch.moe and tune:
+        raise ConversionError("--tune does not handle MoE experts yet")
+    if arch.vlm and tune:
+        raise ConversionError(
+            f"--tune does not handle VLM containers ({arch.container_type}) yet; convert without it"
+        )
+
+
 def _source_tokenizer(source: ModelSource):
     """The source's tokenizer, as mlx-lm loads it."""
     import tempfile
@@ -378,23 +408,26 @@ def _gptq_quantize(source, plan, calib, n_samples: int, seq_len: int, say) -> di
     """GPTQ of every planned matrix, layer by layer over calibration text propagated
     through the already-quantized model (see `jang.quant.gptq_model`)."""
     import mlx.core as mx
-    from mlx_lm.utils import _get_classes
 
     from jang import quant
 
     entries = plan["tensors"]
-    if any(_EXPERT.match(name) for name in entries):
-        raise ConversionError("--method gptq does not handle MoE experts yet; use clip")
-    model_class, args_class = _get_classes(source.config)
-    model = model_class(args_class.from_dict(source.config))
+    model = mlx_model(source.config)
     weights = {i.name: source.read(i.name).astype(mx.float32) for i in source.tensors()}
     weights = model.sanitize(weights) if hasattr(model, "sanitize") else weights
     model.load_weights(list(weights.items()), strict=True)
     del weights
     tokenizer = _source_tokenizer(source)
     tokens = quant.calibration_tokens(tokenizer, calib, n_samples=n_samples, seq_len=seq_len)
+    _, renamed = _sanitized_names(source)
+    # source module -> the model's own module path (a VLM's text tower is renamed)
+    path_of = {
+        name.removesuffix(".weight"): renamed.get(name, name).removesuffix(".weight")
+        for name, e in entries.items()
+        if e["quantized"]
+    }
     targets = {
-        name.removesuffix(".weight"): (e["bits"], e["group_size"])
+        path_of[name.removesuffix(".weight")]: (e["bits"], e["group_size"])
         for name, e in entries.items()
         if e["quantized"]
     }
@@ -403,7 +436,8 @@ def _gptq_quantize(source, plan, calib, n_samples: int, seq_len: int, say) -> di
     if missing:
         raise ConversionError(f"--method gptq: the model has no module {missing[0]}")
     say(f"gptq: {tokens.shape[0]} samples x {tokens.shape[1]} tokens of calibration text")
-    return quant.gptq_model(model, targets, tokens, replace=False, progress=say)
+    results = quant.gptq_model(model, targets, tokens, replace=False, progress=say)
+    return {source_name: results[path] for source_name, path in path_of.items()}
 
 
 def _quantize_all(source, plan, dtype, method: str, debias: bool, say) -> dict[str, Any]:
@@ -415,8 +449,6 @@ def _quantize_all(source, plan, dtype, method: str, debias: bool, say) -> dict[s
         entry = plan["tensors"][info.name]
         if not entry["quantized"]:
             continue
-        if _EXPERT.match(info.name):
-            raise ConversionError("--tune does not handle MoE experts yet")
         parts = _quantize_blocks(
             source.read_fresh(info.name),
             dtype,
@@ -509,14 +541,15 @@ def _tune(
     return tuned, floats, result
 
 
-def _expert_groups(infos, entries) -> dict[str, tuple[str, int, int]]:
+def _expert_groups(infos, entries, model_type: str | None) -> dict[str, tuple[str, int, int]]:
     """Per-expert tensor name -> (stacked module path, expert index, expert count)."""
+    names = {**_EXPERT_PROJ, **_EXPERT_PROJ_BY_TYPE.get(model_type or "", {})}
     found: dict[str, list[tuple[int, str]]] = {}
     for info in infos:
         m = _EXPERT.match(info.name)
         if not m:
             continue
-        proj = _EXPERT_PROJ.get(m["proj"], m["proj"])
+        proj = names.get(m["proj"], m["proj"])
         target = f"{m['prefix']}.switch_mlp.{proj}"
         found.setdefault(target, []).append((int(m["e"]), info.name))
     groups = {}
@@ -554,31 +587,72 @@ def _write_experts(writer: BundleWriter, target: str, group, entry, shape) -> No
     )
 
 
-def _dropped_by_sanitize(source: ModelSource) -> set[str]:
-    """Source tensors the mlx-lm model discards on load (e.g. a tied lm_head, rotary
-    buffers), found by running its `sanitize` on lazy placeholders (no memory)."""
+def _sanitized_names(source: ModelSource) -> tuple[set[str], dict[str, str]]:
+    """(dropped, renamed): the source tensors the mlx-lm model discards on load (a tied
+    lm_head, rotary buffers, a VLM's vision tower) and those it only renames (a VLM's
+    ``model.language_model.*`` -> ``language_model.model.*``), found by running its
+    `sanitize` on lazy placeholders (no memory): a renamed tensor is the same array object
+    under a new name. The bundle stores the model's own names, so that mlx-lm's
+    per-module quantization entries name its modules; sanitize leaves such names as they are.
+    """
     import mlx.core as mx
-    from mlx_lm.utils import _get_classes
 
-    try:
-        model_class, args_class = _get_classes(source.config)
-    except ValueError as exc:
-        raise ConversionError(
-            f"mlx-lm cannot build {source.config.get('model_type')!r}: {exc}"
-        ) from None
-    model = model_class(args_class.from_dict(source.config))
+    model = mlx_model(source.config)
     if not hasattr(model, "sanitize"):
-        return set()
+        return set(), {}
     placeholders = {
         i.name: mx.zeros(i.shape, dtype=mx.bfloat16)
         for i in source.tensors()
         if not _EXPERT.match(i.name)
     }
-    kept = set(model.sanitize(dict(placeholders)))
-    added = kept - set(placeholders)
-    if added:
+    name_of = {id(a): name for name, a in placeholders.items()}
+    kept = model.sanitize(dict(placeholders))
+    # a new array under a source name (a conv weight moved to MLX's layout) is redone by
+    # the same sanitize when the bundle loads; a new array under a new name is not
+    made = sorted(n for n, a in kept.items() if id(a) not in name_of and n not in placeholders)
+    if made:
         raise ConversionError(
-            f"mlx-lm's {source.config.get('model_type')} loader renames tensors jang cannot "
-            f"stream yet: {', '.join(sorted(added)[:5])}"
+            f"mlx-lm's {source.config.get('model_type')} loader transforms tensors jang cannot "
+            f"stream yet: {', '.join(made[:5])}"
         )
-    return set(placeholders) - kept
+    renamed = {
+        name_of[id(a)]: new for new, a in kept.items() if id(a) in name_of and name_of[id(a)] != new
+    }
+    survivors = {name_of.get(id(a), n) for n, a in kept.items()}
+    return set(placeholders) - survivors, renamed
+
+
+def _presanitized(source: ModelSource, experts: dict[str, tuple[str, int, int]]):
+    """{source name: fn(w) -> the value to store} for tensors that mlx-lm's sanitize rewrites
+    in place (same name, new value) when it loads the source but not when it loads the
+    bundle: Qwen3-Next's sanitize converts conv1d layouts and 1+w norms only while it sees
+    per-expert tensors, which the bundle holds stacked, so the bundle must hold those tensors
+    already sanitized (as mlx_lm.convert writes them). Found by running sanitize on lazy
+    placeholders of both key sets (no memory). Also checks that every stacked expert target
+    is a module of the model."""
+    import mlx.core as mx
+
+    model = mlx_model(source.config)
+    modules = {name for name, _ in model.named_modules()}
+    absent = sorted({target for target, _, _ in experts.values()} - modules)
+    if absent:
+        raise ConversionError(
+            f"mlx-lm's {source.config.get('model_type')} model has no module {absent[0]} "
+            "for the stacked experts (its sanitize names them otherwise)"
+        )
+    if not experts or not hasattr(model, "sanitize"):
+        return {}
+    src = {i.name: mx.zeros(i.shape, dtype=mx.bfloat16) for i in source.tensors()}
+    bundle = {n: a for n, a in src.items() if n not in experts}
+    for name, (target, _, count) in experts.items():
+        bundle.setdefault(f"{target}.weight", mx.zeros((count, *src[name].shape), mx.bfloat16))
+    as_source = model.sanitize(dict(src))
+    as_bundle = model.sanitize(dict(bundle))
+    out = {}
+    for name, a in src.items():
+        if name in experts or name not in as_source or as_source[name] is a:
+            continue  # stacked, dropped, or left alone on the source path
+        if name in as_bundle and as_bundle[name] is not bundle[name]:
+            continue  # redone by the same sanitize when the bundle loads
+        out[name] = lambda w, name=name: model.sanitize({**src, name: w.astype(mx.float32)})[name]
+    return out

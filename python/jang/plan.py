@@ -768,9 +768,9 @@ def summarize(plan: dict[str, Any], by_layer: bool = True) -> str:
 
 def plan_source(path: str | Path, **kwargs: Any) -> dict[str, Any]:
     """`make_plan` on a model on disk (HF dir, safetensors, GGUF) through `jang.source`."""
-    from jang.source import open_source
+    from jang.mlx_view import open_for_mlx
 
-    src = open_source(path)
+    src = open_for_mlx(path)
     infos = src.tensors()
     return make_plan(
         src.config,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import mmap
 import shutil
 import struct
@@ -62,16 +63,69 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     """Config as mlx-lm 0.32 reads it.
 
     transformers 5 writes ``rope_theta`` inside ``rope_parameters``; mlx-lm reads a
-    top-level ``rope_theta`` and silently defaults to 10000 without it.
+    top-level ``rope_theta`` and silently defaults to 10000 without it, and reads RoPE
+    scaling (llama3, yarn) from ``rope_scaling``, not from there. transformers 5 also
+    writes ``num_local_experts`` where mlx-lm's Qwen MoE models read ``num_experts``, and
+    leaves out a ``head_dim`` equal to hidden_size / num_attention_heads, which some mlx-lm
+    models require. Only keys that are absent are filled, so the values always agree.
     """
     config = dict(config)
     params = config.get("rope_parameters")
     if isinstance(params, dict) and "rope_theta" not in config and "rope_theta" in params:
         config["rope_theta"] = params["rope_theta"]
+    if isinstance(params, dict) and params.get("rope_type", "default") != "default":
+        config.setdefault("rope_scaling", {k: v for k, v in params.items() if k != "rope_theta"})
+    if isinstance(params, dict) and "partial_rotary_factor" in params:
+        config.setdefault("partial_rotary_factor", params["partial_rotary_factor"])
+    if "num_local_experts" in config and "num_experts" not in config:
+        config["num_experts"] = config["num_local_experts"]
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    if config.get("head_dim") is None and isinstance(hidden, int) and isinstance(heads, int):
+        if heads > 0 and hidden % heads == 0:
+            config["head_dim"] = hidden // heads
+    # mlx-lm's mamba2 requires intermediate_size, which transformers' Mamba2Config never
+    # writes; the model takes its width from num_heads * head_dim (= expand * hidden_size)
+    if config.get("model_type") == "mamba2" and "intermediate_size" not in config:
+        if isinstance(config.get("num_heads"), int) and isinstance(config.get("head_dim"), int):
+            config["intermediate_size"] = config["num_heads"] * config["head_dim"]
+    config = _decode_floats(config)
     text = config.get("text_config")
     if isinstance(text, dict):
-        config["text_config"] = normalize_config(text)
+        text = normalize_config(text)
+        # transformers ties a VLM's head by the top-level flag; mlx-lm's text model reads
+        # its own (absent in transformers-5 text configs, or left at another value)
+        if isinstance(config.get("tie_word_embeddings"), bool):
+            text["tie_word_embeddings"] = config["tie_word_embeddings"]
+        config["text_config"] = text
     return config
+
+
+_FLOAT_TAGS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _decode_floats(obj: Any) -> Any:
+    """transformers 5 writes a non-finite float as {"__float__": "Infinity"} (mamba2's
+    time_step_limit); its config classes and mlx-lm's load_config decode it, a dict passed
+    to them straight (AutoConfig.for_model(**config), ModelArgs.from_dict) does not."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__float__"} and obj["__float__"] in _FLOAT_TAGS:
+            return _FLOAT_TAGS[obj["__float__"]]
+        return {k: _decode_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode_floats(v) for v in obj]
+    return obj
+
+
+def encode_floats(obj: Any) -> Any:
+    """The inverse of `_decode_floats`, so a written config.json stays strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        tag = "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+        return {"__float__": tag}
+    if isinstance(obj, dict):
+        return {k: encode_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [encode_floats(v) for v in obj]
+    return obj
 
 
 class ModelSource:
@@ -424,7 +478,8 @@ def _gguf_to_hf_name(gguf_name: str, arch: str) -> str | None:
         if len(pieces) != 3 or not pieces[1].isdecimal():
             return None
         _, layer, part = pieces
-        table = _GEMMA_BLOCK_NAMES if arch.startswith("gemma") else _GGUF_BLOCK_NAMES
+        # Gemma 2 and 3 have four norms a block; Gemma 1's ffn_norm is the llama one
+        table = _GEMMA_BLOCK_NAMES if arch in ("gemma2", "gemma3") else _GGUF_BLOCK_NAMES
         if part not in table:
             return None
         return f"model.layers.{layer}.{table[part]}.{suffix}"
@@ -504,11 +559,13 @@ class GGUFSource(ModelSource):
             token_id = self._meta_int(f"tokenizer.ggml.{key}_token_id")
             if token_id is not None:
                 config["pad_token_id" if key == "padding" else f"{key}_token_id"] = token_id
-        if arch == "gemma3":
+        if arch in ("gemma2", "gemma3"):  # GGUF has no key for it; llama.cpp uses head_dim
             config.setdefault("head_dim", 256)
             config["query_pre_attn_scalar"] = config["head_dim"]
+        if arch == "gemma3":
             config["rope_local_base_freq"] = 10000.0
-            config["sliding_window_pattern"] = 6
+            pattern = self._meta_int("gemma3.attention.sliding_window_pattern")
+            config["sliding_window_pattern"] = pattern or 6
             config["hidden_activation"] = "gelu_pytorch_tanh"
         config["torch_dtype"] = "bfloat16"
         if self.metadata.get(f"{arch}.rope.scaling.type") not in (None, "none"):

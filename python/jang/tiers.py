@@ -85,6 +85,9 @@ _MLA = {
     "q_b_proj": "mla_q_b",
     "kv_a_proj_with_mqa": "mla_kv_a",
     "kv_b_proj": "mla_kv_b",
+    # mlx-lm's DeepSeek-V3 holds kv_b_proj as its two halves (per-head MultiLinear)
+    "embed_q": "mla_kv_b",
+    "unembed_out": "mla_kv_b",
 }
 # MLP projection aliases -> gate/up/down/gate_up (mixtral w1/w3/w2, gpt-2 c_fc/c_proj, ...)
 _MLP = {
@@ -253,6 +256,10 @@ def _unquantized_reason(role: str, shape: tuple[int, ...], cols: int) -> str | N
         }[role]
     if len(shape) < 2:
         return "1-D"
+    if role in ROUTERS:
+        # under 0.1% of an MoE's weights and the most sensitive ones; several mlx-lm models
+        # (DeepSeek, Nemotron-H) hold the router as a plain parameter that cannot be quantized
+        return "router: kept in float"
     if not any(cols % g == 0 for g in GROUP_SIZES):
         return f"input dim {cols} is not divisible by any group size {GROUP_SIZES}"
     return None

@@ -51,7 +51,8 @@ def tiny_model(tmp_path):
     rng = np.random.default_rng(0)
     arrays = {n: (rng.standard_normal(s) * 0.02).astype(np.float16) for n, s in tensors}
     save_file(arrays, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps({**config, "torch_dtype": "float16"}))
+    full = {**config, "torch_dtype": "float16", "rms_norm_eps": 1e-5}  # mlx-lm builds it
+    (tmp_path / "config.json").write_text(json.dumps(full))
     return tmp_path
 
 

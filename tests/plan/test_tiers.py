@@ -223,3 +223,21 @@ def test_floors():
     assert e.min_bits == 2 and e.group_sizes == (32, 64, 128)
     sg = bounds(_by_name("qwen2_moe")[1]["model.layers.0.mlp.shared_expert_gate.weight"], arch)
     assert sg.min_bits == 8 and sg.allow_unquantized
+
+
+def test_routers_stay_float_and_mla_halves_are_kv_b():
+    """Routers are never quantized (several mlx-lm models hold them as plain parameters);
+    mlx-lm's DeepSeek-V3 holds kv_b_proj as embed_q / unembed_out, both kv_b's role."""
+    config, _ = load("deepseek_v3")
+    c = classify(
+        config,
+        [
+            ("model.layers.1.mlp.gate.weight", (256, 256)),
+            ("model.layers.1.self_attn.embed_q.weight", (4, 512, 128)),
+            ("model.layers.1.self_attn.unembed_out.weight", (4, 128, 512)),
+        ],
+    )
+    router, embed_q, unembed_out = c.tensors
+    assert router.role == "router" and not router.quantizable and "float" in router.reason
+    assert embed_q.role == unembed_out.role == "mla_kv_b"
+    assert (embed_q.matrices, embed_q.cols) == (4, 128) and unembed_out.quantizable
