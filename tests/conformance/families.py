@@ -64,6 +64,23 @@ YARN = {
 # about as chaotic as the dense ones, which trained models are far less than either.
 MOE_INIT = 0.04
 
+# DeepSeek V2 and V3 (MLA, a shared expert beside many routed ones, a dense first layer)
+DEEPSEEK = {
+    "initializer_range": MOE_INIT,
+    "head_dim": 8,  # = qk_rope_head_dim, as in the real config
+    "rope_parameters": YARN,
+    "n_routed_experts": 32,  # one shared expert beside many routed ones, as in V2/V3
+    "kv_lora_rank": 32,
+    "q_lora_rank": 32,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 16,
+    "n_group": 1,
+    "topk_group": 1,
+    "first_k_dense_replace": 1,
+    "num_hidden_layers": 4,
+}
+
 # model_type -> overrides of SHRINK and the family's own keys.
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {"attention_bias": False},
@@ -88,36 +105,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "mixtral": {"initializer_range": MOE_INIT},
     "qwen2_moe": {"initializer_range": MOE_INIT, "decoder_sparse_step": 1},
     "qwen3_moe": {"initializer_range": MOE_INIT},
-    "deepseek_v2": {
-        "initializer_range": MOE_INIT,
-        "head_dim": 8,  # = qk_rope_head_dim, as in the real config
-        "rope_parameters": YARN,
-        "n_routed_experts": 32,  # one shared expert beside many routed ones, as in V2/V3
-        "kv_lora_rank": 32,
-        "q_lora_rank": 32,
-        "qk_rope_head_dim": 8,
-        "qk_nope_head_dim": 8,
-        "v_head_dim": 16,
-        "n_group": 1,
-        "topk_group": 1,
-        "first_k_dense_replace": 1,
-        "num_hidden_layers": 4,
-    },
-    "deepseek_v3": {
-        "initializer_range": MOE_INIT,
-        "head_dim": 8,  # = qk_rope_head_dim, as in the real config
-        "rope_parameters": YARN,
-        "n_routed_experts": 32,  # one shared expert beside many routed ones, as in V2/V3
-        "kv_lora_rank": 32,
-        "q_lora_rank": 32,
-        "qk_rope_head_dim": 8,
-        "qk_nope_head_dim": 8,
-        "v_head_dim": 16,
-        "n_group": 1,
-        "topk_group": 1,
-        "first_k_dense_replace": 1,
-        "num_hidden_layers": 4,
-    },
+    "deepseek_v2": DEEPSEEK,
+    "deepseek_v3": DEEPSEEK,
     "gpt_oss": {"initializer_range": MOE_INIT, "rope_parameters": None},
     "olmoe": {"initializer_range": MOE_INIT},
     "nemotron_h": {
