@@ -1,6 +1,7 @@
 """Bundles: conversion round trip, stock mlx-lm compatibility, zero-copy load, validation."""
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -125,13 +126,60 @@ def test_existing_output_is_not_clobbered(converted, model_dir):
     assert sorted(p.name for p in converted.iterdir()) == before
 
 
-def test_force_replaces(model_dir, tmp_path):
+def test_force_replaces_a_bundle_or_an_empty_directory(model_dir, converted, tmp_path):
     out = tmp_path / "b"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    shutil.copytree(converted, out)
+    (out / "stale.txt").write_text("old")  # a bundle with an extra file is still a bundle
     convert.convert(model_dir, out, profile="JANG_4M", method="rtn", progress="quiet", force=True)
     assert not (out / "stale.txt").exists() and validate(out) == []
-    assert not list(tmp_path.glob(".b.jang-*"))
+    assert bundle.read_manifest(out)["plan"]["request"]["profile"] == "JANG_4M"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    convert.convert(model_dir, empty, bits=3.0, method="rtn", progress="quiet", force=True)
+    assert validate(empty) == []
+    assert not list(tmp_path.glob(".*.jang-*"))
+
+
+@pytest.mark.parametrize("case", ["user files", "the source's own directory", "the source"])
+def test_force_never_deletes_what_is_not_a_bundle(model_dir, tmp_path, case):
+    """--force refuses, before any work, an OUT that is not a jang bundle or an empty
+    directory, or that is or holds the source: nothing there is touched."""
+    src = tmp_path / "src"
+    shutil.copytree(model_dir, src)
+    out = {"user files": tmp_path / "mine", "the source's own directory": src}.get(case, src)
+    source = src / "model.safetensors" if case == "the source's own directory" else src
+    if case == "user files":
+        out.mkdir()
+        (out / "thesis.tex").write_text("years of work")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    message = "is or holds the source" if case != "user files" else "is not a jang bundle"
+    with pytest.raises(BundleError, match=message):
+        convert.convert(source, out, bits=3.0, method="rtn", progress="quiet", force=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_second_conversion_into_the_same_out_fails_at_once(model_dir, tmp_path):
+    out = tmp_path / "b"
+    with bundle.claim_output(out, force=False):
+        with pytest.raises(BundleError, match="another conversion is writing"):
+            convert.convert(model_dir, out, bits=3.0, method="rtn", progress="quiet")
+    assert not out.exists() and not list(tmp_path.glob(".b.jang-lock"))
+
+
+def test_stale_temp_dirs_of_dead_processes_are_swept(model_dir, tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f".b.jang-tmp-{dead.stdout.strip()}"
+    stale.mkdir()
+    (stale / "shard-00000.safetensors").write_bytes(b"x" * 1000)
+    live = tmp_path / f".b.jang-tmp-{os.getppid()}"  # a running process's: kept
+    live.mkdir()
+    convert.convert(model_dir, tmp_path / "b", bits=3.0, method="rtn", progress="quiet")
+    assert not stale.exists() and live.exists()
 
 
 def test_failure_leaves_nothing(model_dir, tmp_path, monkeypatch):
@@ -304,3 +352,50 @@ def test_float_bias_beside_quantized_weight(tmp_path):
             writer.add_quantized(
                 "m.k_proj.bias", w, s, b, bits=4, group_size=64, shape=(8, 64), source={}
             )
+
+
+def test_sigterm_mid_conversion_leaves_nothing(model_dir, tmp_path, monkeypatch):
+    """`jang convert` turns SIGTERM into an interrupt: temp dir and lock removed."""
+    import signal
+
+    from jang.commands import convert as command
+
+    calls = []
+
+    def killed(w, bits, group_size, method, debias=False):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return mx.quantize(w, group_size=group_size, bits=bits)
+
+    monkeypatch.setattr(convert, "_quantize", killed)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        command._interrupt_on_termination()
+        with pytest.raises(convert.ConversionError, match="interrupted; nothing was written"):
+            convert.convert(model_dir, tmp_path / "b", bits=3.0, method="rtn", progress="quiet")
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "row"), [("model.norm.weight", "its values"), ("lm_head.weight", "row 7")]
+)
+def test_non_finite_weights_are_refused_by_name(tmp_path, name, row):
+    from tiny_model import tiny_config, tiny_weights, write_tokenizer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    config = tiny_config()
+    weights = tiny_weights(config)
+    w = np.array(weights[name].astype(mx.float32))
+    w.reshape(-1, w.shape[-1])[7 if w.ndim > 1 else 0, 3] = np.inf
+    weights[name] = mx.array(w).astype(mx.bfloat16)
+    (src / "config.json").write_text(json.dumps(config))
+    mx.save_safetensors(str(src / "model.safetensors"), weights)
+    write_tokenizer(src)
+    with pytest.raises(convert.ConversionError, match=f"{name}: {row} holds NaN or Inf"):
+        convert.convert(src, tmp_path / "o", bits=4.5, method="rtn", progress="quiet")
+    assert not (tmp_path / "o").exists()

@@ -119,3 +119,28 @@ def test_convert_with_an_edited_plan(tiny_bundle, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main([*args, "--bits", "3"])  # a plan already fixes the size
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-n", "0"], "-n/--max-tokens must be at least 1, got 0"),
+        (["-n", "-5"], "-n/--max-tokens must be at least 1, got -5"),
+        (["--temp", "-1"], "--temp must be 0 (greedy) or positive, got -1.0"),
+        (["-p", "   "], "-p/--prompt is empty"),
+    ],
+)
+def test_generate_refuses_meaningless_arguments(tiny_bundle, capsys, argv, message):
+    _, out = tiny_bundle
+    args = ["generate", str(out), "-p", "w1 w2", *argv]
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bits_above_the_largest_plan_is_refused(tiny_bundle, tmp_path, capsys):
+    src, _ = tiny_bundle
+    assert cli.main(["plan", str(src), "--bits", "12", "-o", str(tmp_path / "p.json")]) == 1
+    assert "above the largest plan for this model (9.000 bpw" in capsys.readouterr().err
+    assert cli.main(["convert", str(src), "-o", str(tmp_path / "o"), "--bits", "12"]) == 1
+    assert "above the largest plan" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -22,11 +22,13 @@ at the end, so a failed or interrupted conversion leaves no partial bundle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,88 @@ class ShardWriter:
         self._f.close()
 
 
+def check_output(out: Path | str, force: bool, sources: Iterable[Path | str] = ()) -> None:
+    """Refuse an OUT whose replacement could lose data, before any work: one that is or
+    holds a source, or (with `force`) anything but a jang bundle or an empty directory."""
+    out = Path(out)
+    where = out.resolve()
+    for src in sources:
+        resolved = Path(src).resolve()
+        if resolved == where or where in resolved.parents:
+            raise BundleError(f"{out} is or holds the source {src}; write the bundle elsewhere")
+    if not out.exists() and not out.is_symlink():
+        if not out.parent.is_dir():
+            raise BundleError(f"{out.parent} is not a directory")
+        return
+    if not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise BundleError(
+            f"{out} is not a directory; --force replaces only a jang bundle or an empty directory"
+        )
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and not _is_bundle(out):
+        raise BundleError(
+            f"{out} is not a jang bundle (no valid {MANIFEST}) and holds {len(entries)} "
+            f"entries (e.g. {entries[0]}); --force replaces only a jang bundle or an empty "
+            "directory"
+        )
+
+
+def _is_bundle(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(out: Path) -> list[Path]:
+    """Remove the temp and old-bundle dirs that killed conversions into `out` left beside
+    it (their pid no longer runs); returns what was removed."""
+    removed = []
+    for kind in ("jang-tmp", "jang-old"):
+        for path in out.parent.glob(f".{out.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdecimal() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def claim_output(out: Path | str, force: bool, sources: Iterable[Path | str] = ()):
+    """Hold OUT for one conversion: `check_output`, stale temp dirs swept, and an exclusive
+    lock beside it (released by the kernel if the process dies), so that a second
+    conversion into the same OUT fails at once instead of replacing the first's result."""
+    import fcntl
+
+    out = Path(out)
+    check_output(out, force, sources)
+    lock_path = out.parent / f".{out.name}.jang-lock"
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise BundleError(f"another conversion is writing {out}; wait for it") from None
+    try:
+        sweep_stale(out)
+        yield
+    finally:  # only the holder removes the lock file
+        lock_path.unlink(missing_ok=True)
+        handle.close()
+
+
 @dataclass
 class BundleWriter:
     """Write a bundle into a temp dir beside `out`; `finish()` renames it into place.
@@ -179,10 +263,7 @@ class BundleWriter:
 
     def __post_init__(self):
         self.out = Path(self.out)
-        if self.out.exists() and not self.force:
-            raise BundleError(f"{self.out} already exists; pass --force to replace it")
-        if not self.out.parent.is_dir():
-            raise BundleError(f"{self.out.parent} is not a directory")
+        check_output(self.out, self.force)
         self.tmp = self.out.parent / f".{self.out.name}.jang-tmp-{os.getpid()}"
         if self.tmp.exists():
             shutil.rmtree(self.tmp)

@@ -162,7 +162,18 @@ def _quantize_blocks(w, dtype, bits: int, group_size: int, method: str, debias: 
     return tuple(o.reshape(*lead, o.shape[-1]) for o in outs)
 
 
-def convert(
+def convert(src: str | Path, out: str | Path, *, force: bool = False, **options: Any):
+    """Convert `src` into a bundle at `out` (see `convert_claimed` for the options), holding
+    OUT for the whole conversion: an OUT that is or holds the source, or (with `force`)
+    anything but a jang bundle or an empty directory, is refused before any work, and a
+    second conversion into the same OUT fails at once (`jang.bundle.claim_output`)."""
+    from jang.bundle import claim_output
+
+    with claim_output(out, force, [src]):
+        return convert_claimed(src, out, force=force, **options)
+
+
+def convert_claimed(
     src: str | Path,
     out: str | Path,
     *,
@@ -271,6 +282,7 @@ def convert(
                     continue
                 w = q = s = b = arr = None  # the previous tensor goes before the next is read
                 w = source.read_fresh(info.name)
+                _check_finite(info.name, w)
                 src_meta = {
                     "names": [info.name],
                     "dtype": info.dtype,
@@ -371,6 +383,22 @@ def convert(
         bpw_codes=plan["totals"]["bpw_codes"],
         tensors=len(infos),
     )
+
+
+def _check_finite(name: str, w) -> None:
+    """Refuse a NaN or Inf weight, naming the tensor and its first bad row: quantized it
+    zeroes or poisons its group, and kept in float it silently breaks the model."""
+    import mlx.core as mx
+
+    if not mx.issubdtype(w.dtype, mx.floating) or w.ndim == 0:
+        return
+    finite = mx.isfinite(w)
+    if mx.all(finite).item():
+        return
+    rows = mx.all(finite.reshape(-1, w.shape[-1]), axis=-1)
+    row = int(mx.argmin(rows).item())
+    where = f"row {row}" if w.ndim > 1 else "its values"
+    raise ConversionError(f"{name}: {where} holds NaN or Inf; the source model is damaged")
 
 
 def _refuse_early(config: dict[str, Any], names: list[str], method: str, tune: bool) -> None:

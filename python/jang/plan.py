@@ -485,6 +485,13 @@ def make_plan(
         sizes = [[d.bytes(b, g) for b, g in d.options] for d in ds]
         costs = [[d.alpha * e * e for e in d.errors] for d in ds]
         t2 = time.perf_counter()
+        largest = sum(max(s) for s in sizes)
+        if budget_bytes > largest:  # the budget would be silently capped at the widest plan
+            raise PlanError(
+                f"{prof.bits:g} bits per weight (all-in) is above the largest plan for this "
+                f"model ({8 * largest / params:.3f} bpw: every matrix at 8 bits, group 32); "
+                "ask for that or less"
+            )
         try:
             sol = solver.solve(sizes, costs, budget_bytes)
         except solver.Infeasible as exc:

@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         elif mode == "json":  # long stages (GPTQ, tuning setup) stay visible to scripts
             emit_event("log", message=msg)
 
+    _interrupt_on_termination()
     try:
         plan = json.loads(args.plan.read_text()) if args.plan else None
         report = convert(
@@ -156,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
     ) as exc:
         print(f"jang convert: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before any bundle file was written (planning, GPTQ, tuning)
+        print(f"jang convert: interrupted; nothing was written to {args.out}", file=sys.stderr)
+        return 130
     summary = {
         "out": str(report.out),
         "seconds": round(report.seconds, 2),
@@ -172,3 +176,15 @@ def run(args: argparse.Namespace) -> int:
             f"{report.seconds:.1f} s"
         )
     return 0
+
+
+def _interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP end a conversion the way Ctrl-C does: the temp dir is removed and
+    an existing OUT is left as it was (a killed terminal or `kill PID` leaves nothing)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)

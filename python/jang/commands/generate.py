@@ -16,10 +16,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stock", action="store_true", help="stock MLX kernels, not jang's")
 
 
+def _bad_arguments(args: argparse.Namespace) -> str | None:
+    """The first argument that cannot mean anything, said plainly (None: all fine)."""
+    if args.max_tokens < 1:
+        return f"-n/--max-tokens must be at least 1, got {args.max_tokens}"
+    if not args.prompt.strip():
+        return "-p/--prompt is empty; give the text to continue"
+    if not args.temp >= 0:
+        return f"--temp must be 0 (greedy) or positive, got {args.temp}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from jang.bundle import BundleError
     from jang.generate import generate
 
+    problem = _bad_arguments(args)
+    if problem:
+        print(f"jang generate: error: {problem}", file=sys.stderr)
+        return 2
     try:
         stats = generate(
             args.bundle,
