@@ -144,3 +144,21 @@ def test_bits_above_the_largest_plan_is_refused(tiny_bundle, tmp_path, capsys):
     assert cli.main(["convert", str(src), "-o", str(tmp_path / "o"), "--bits", "12"]) == 1
     assert "above the largest plan" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_bad_plan_files_and_bundle_sources_are_named(tiny_bundle, tmp_path, capsys):
+    src, out = tiny_bundle
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json")
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    for plan, message in [
+        (tmp_path / "missing.json", "No such file or directory"),
+        (junk, "is not JSON"),
+        (listed, "is not a jang plan"),
+    ]:
+        assert cli.main(["convert", str(src), "-o", str(tmp_path / "o"), "--plan", str(plan)]) == 1
+        assert f"--plan {plan}" in (err := capsys.readouterr().err) and message in err
+    assert cli.main(["convert", str(out), "-o", str(tmp_path / "o"), "--bits", "3"]) == 1
+    assert "is already a jang bundle" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -771,6 +771,12 @@ def open_source(path: str | Path) -> ModelSource:
     path = Path(path).expanduser()
     if not path.exists():
         raise SourceError(f"{path}: no such file or directory")
+    folder = path if path.is_dir() else path.parent
+    if (folder / "jang.json").is_file():
+        raise SourceError(
+            f"{path} is already a jang bundle (it has jang.json); convert the model it was "
+            "made from, or load it with `jang generate` / jang.load"
+        )
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
         if not list(path.glob("*.safetensors")) and len(ggufs) == 1:

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     _interrupt_on_termination()
     try:
-        plan = json.loads(args.plan.read_text()) if args.plan else None
+        plan = _read_plan(args.plan) if args.plan else None
         report = convert(
             src,
             args.out,
@@ -188,3 +188,18 @@ def _interrupt_on_termination() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
+
+
+def _read_plan(path) -> dict:
+    """The `--plan` file as a dict, or a ConversionError that names the file."""
+    from jang.convert import ConversionError
+
+    try:
+        plan = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConversionError(f"--plan {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConversionError(f"--plan {path} is not JSON ({exc})") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("tensors"), dict):
+        raise ConversionError(f"--plan {path} is not a jang plan (no 'tensors' table)")
+    return plan
