@@ -415,10 +415,6 @@ def _refuse_early(config: dict[str, Any], names: list[str], method: str, tune: b
         raise ConversionError("--method gptq does not handle MoE experts yet; use clip")
     if arch.moe and tune:
         raise ConversionError("--tune does not handle MoE experts yet")
-    if arch.vlm and tune:
-        raise ConversionError(
-            f"--tune does not handle VLM containers ({arch.container_type}) yet; convert without it"
-        )
 
 
 def _source_tokenizer(source: ModelSource):
@@ -516,16 +512,26 @@ def _tune(
 
     tokens = tuning_windows(_source_tokenizer(source), source.config, calib, n_samples, seq_len)
     float_tensors, _ = reference.source_tensors_of(source)
+    # the causal LM that holds the text (a VLM's text tower), and source name -> its name
+    lm_config, lm_name = reference.causal_lm_view(source.config, list(float_tensors))
+    source_name = {v: k for k, v in lm_name.items()}
     teacher = reference.load_tensors(
-        reference.build_model(source.config), float_tensors, source.config
+        reference.build_model(lm_config),
+        {lm_name[n]: a for n, a in float_tensors.items() if n in lm_name},
+        lm_config,
     )
     del float_tensors
     student = copy.deepcopy(teacher)
+
+    def lm_module(module: str) -> str:
+        return lm_name[f"{module}.weight"].removesuffix(".weight")
+
     bits_groups = {
-        name.removesuffix(".weight"): (e["bits"], e["group_size"])
+        lm_module(name.removesuffix(".weight")): (e["bits"], e["group_size"])
         for name, e in plan["tensors"].items()
         if e["quantized"]
     }
+    quantized = {lm_module(module): parts for module, parts in quantized.items()}
     say(
         f"tune: {epochs} epochs over {len(tokens)} windows x {tokens.shape[1]} tokens "
         f"(lr {lr:g}, on {reference.device()})"
@@ -562,11 +568,14 @@ def _tune(
         f"tune: training KL {result.kl_first_epoch:.3f} (first epoch) -> "
         f"{result.kl_last_epoch:.3f} (last), {result.seconds:.0f} s"
     )
-    names = {i.name for i in source.tensors()}
-    missing = [name for name in floats if name not in names]
+    missing = [name for name in floats if name not in source_name]
     if missing:
         raise ConversionError(f"tune: tuned tensor {missing[0]} is not in the source")
-    return tuned, floats, result
+    tuned = {
+        source_name[f"{module}.weight"].removesuffix(".weight"): parts
+        for module, parts in tuned.items()
+    }
+    return tuned, {source_name[n]: a for n, a in floats.items()}, result
 
 
 def _expert_groups(infos, entries, model_type: str | None) -> dict[str, tuple[str, int, int]]:

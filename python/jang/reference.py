@@ -47,6 +47,40 @@ def build_model(config: dict[str, Any]):
     return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
 
 
+# VLM text towers with no causal-LM class of their own -> the family that runs them on text
+# (Qwen2-VL's multimodal RoPE is plain RoPE when every position id is a text position)
+_TEXT_TOWER_LM = {"qwen2_vl_text": "qwen2", "qwen2_5_vl_text": "qwen2"}
+# a VLM container's text-tower prefixes -> the causal LM's
+_TOWER_PREFIXES = (
+    ("model.language_model.", "model."),
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+)
+
+
+def causal_lm_view(
+    config: dict[str, Any], names: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The causal LM that holds a model's text: (its config, {source name: its name}).
+
+    A plain causal LM maps to itself. A VLM container maps to its text tower, built as a
+    causal LM of the tower's config, with the container's prefixes removed and the vision
+    tower left out (what tuning needs: the text model, the same tensors)."""
+    from jang.arch import is_vision, text_config
+
+    if not isinstance(config.get("text_config"), dict):
+        return config, {n: n for n in names}
+    lm_config = {k: v for k, v in text_config(config).items() if k != "vision_config"}
+    model_type = lm_config.get("model_type", "")
+    lm_config["model_type"] = _TEXT_TOWER_LM.get(model_type, model_type)
+    mapped = {}
+    for name in names:
+        if not is_vision(name):
+            prefix = next((p for p in _TOWER_PREFIXES if name.startswith(p[0])), ("", ""))
+            mapped[name] = prefix[1] + name.removeprefix(prefix[0])
+    return lm_config, mapped
+
+
 def _shapes(model) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

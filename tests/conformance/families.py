@@ -168,8 +168,7 @@ GGUF_ARCH: dict[str, str] = {
 
 # Paths a family refuses, with the start of the one-line error each gives before any work.
 # GPTQ and tuning hold the whole float model and know no routed experts yet: the
-# layer-streamed rewrite (issue 19) brings experts to both. Tuning builds the transformers
-# causal LM, which a VLM container is not.
+# layer-streamed rewrite (issue 19) brings experts to both.
 _NO_EXPERTS = {
     "convert gptq": "--method gptq does not handle MoE experts yet",
     "convert tune": "--tune does not handle MoE experts yet",
@@ -188,5 +187,3 @@ REFUSED: dict[str, dict[str, str]] = {
         "qwen3_next",
     )
 }
-for _vlm in ("gemma3", "qwen2_vl", "qwen2_5_vl", "mistral3", "llava"):
-    REFUSED[_vlm] = {"convert tune": "--tune does not handle VLM containers"}
