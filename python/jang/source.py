@@ -424,7 +424,10 @@ _GGUF_ARCHS = {
     "gemma": ("gemma", "GemmaForCausalLM"),
     "gemma2": ("gemma2", "Gemma2ForCausalLM"),
     "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+    "qwen3moe": ("qwen3_moe", "Qwen3MoeForCausalLM"),
 }
+# a llama-architecture GGUF with experts is a Mixtral
+_GGUF_MOE_ARCHS = {"llama": ("mixtral", "MixtralForCausalLM")}
 
 # "{arch}.<key>" -> HF config key
 _GGUF_CONFIG_KEYS = {
@@ -461,6 +464,21 @@ _GGUF_BLOCK_NAMES = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+# stacked experts (E, out, in) are presented as the per-expert tensors of the HF layout
+_QWEN_MOE_BLOCK_NAMES = {
+    **_GGUF_BLOCK_NAMES,
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_exps": "mlp.experts.{e}.gate_proj",
+    "ffn_up_exps": "mlp.experts.{e}.up_proj",
+    "ffn_down_exps": "mlp.experts.{e}.down_proj",
+}
+_MIXTRAL_BLOCK_NAMES = {
+    **_GGUF_BLOCK_NAMES,
+    "ffn_gate_inp": "block_sparse_moe.gate",
+    "ffn_gate_exps": "block_sparse_moe.experts.{e}.w1",
+    "ffn_up_exps": "block_sparse_moe.experts.{e}.w3",
+    "ffn_down_exps": "block_sparse_moe.experts.{e}.w2",
+}
 _GEMMA_BLOCK_NAMES = {
     **_GGUF_BLOCK_NAMES,
     "ffn_norm": "pre_feedforward_layernorm",
@@ -478,14 +496,39 @@ def _gguf_to_hf_name(gguf_name: str, arch: str) -> str | None:
         if len(pieces) != 3 or not pieces[1].isdecimal():
             return None
         _, layer, part = pieces
-        # Gemma 2 and 3 have four norms a block; Gemma 1's ffn_norm is the llama one
-        table = _GEMMA_BLOCK_NAMES if arch in ("gemma2", "gemma3") else _GGUF_BLOCK_NAMES
+        table = {
+            # Gemma 2 and 3 have four norms a block; Gemma 1's ffn_norm is the llama one
+            "gemma2": _GEMMA_BLOCK_NAMES,
+            "gemma3": _GEMMA_BLOCK_NAMES,
+            "qwen3moe": _QWEN_MOE_BLOCK_NAMES,
+            "llama": _MIXTRAL_BLOCK_NAMES,  # the expert names occur only in MoE files
+        }.get(arch, _GGUF_BLOCK_NAMES)
         if part not in table:
             return None
         return f"model.layers.{layer}.{table[part]}.{suffix}"
     if stem in _GGUF_GLOBAL_NAMES:
         return f"{_GGUF_GLOBAL_NAMES[stem]}.{suffix}"
     return None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """The stored rows of one HF tensor: a whole GGUF tensor, or one expert's rows of a
+    stacked (E, out, in) one."""
+
+    tensor: Any  # jang.gguf_file.GGUFTensor
+    row0: int
+    rows: int
+    shape: tuple[int, ...]
+
+    @property
+    def n_bytes(self) -> int:
+        return self.rows * self.tensor.row_bytes
+
+    @property
+    def start(self) -> int:
+        """File offset of the first stored byte."""
+        return self.tensor.offset + self.row0 * self.tensor.row_bytes
 
 
 class GGUFSource(ModelSource):
@@ -512,7 +555,7 @@ class GGUFSource(ModelSource):
                 f"(supported: {', '.join(sorted(_GGUF_ARCHS))})"
             )
         self.arch = arch
-        self._by_hf: dict[str, Any] = {}
+        self._by_hf: dict[str, _Part] = {}
         unmapped = []
         for t in self._file.tensors.values():
             hf = _gguf_to_hf_name(t.name, arch)
@@ -524,7 +567,14 @@ class GGUFSource(ModelSource):
                     f"{path}: tensor {t.name!r} has shape {list(t.shape)}; MLX arrays hold at "
                     f"most {_MAX_DIM} elements per dimension"
                 )
-            self._by_hf[hf] = t
+            if "{e}" not in hf:
+                self._by_hf[hf] = _Part(t, 0, t.rows, t.shape)
+                continue
+            if len(t.shape) != 3:
+                raise SourceError(f"{path}: stacked experts {t.name!r} have shape {t.shape}")
+            experts, out_rows = t.shape[0], t.shape[1]
+            for e in range(experts):
+                self._by_hf[hf.format(e=e)] = _Part(t, e * out_rows, out_rows, t.shape[1:])
         if unmapped:
             raise SourceError(
                 f"{path}: GGUF tensors with no Hugging Face name for {arch}: "
@@ -532,7 +582,8 @@ class GGUFSource(ModelSource):
             )
         self.config = self._build_config()
         self._infos = {
-            hf: TensorInfo(hf, t.shape, t.type.name, t.n_bytes) for hf, t in self._by_hf.items()
+            hf: TensorInfo(hf, p.shape, p.tensor.type.name, p.n_bytes)
+            for hf, p in self._by_hf.items()
         }
 
     def _meta_int(self, key: str) -> int | None:
@@ -545,7 +596,10 @@ class GGUFSource(ModelSource):
 
     def _build_config(self) -> dict[str, Any]:
         arch = self.arch
-        model_type, architecture = _GGUF_ARCHS[arch]
+        experts = self._meta_int(f"{arch}.expert_count") or 0
+        model_type, architecture = (
+            _GGUF_MOE_ARCHS[arch] if experts and arch in _GGUF_MOE_ARCHS else _GGUF_ARCHS[arch]
+        )
         config: dict[str, Any] = {"architectures": [architecture], "model_type": model_type}
         for key, hf_key in _GGUF_CONFIG_KEYS.items():
             value = self.metadata.get(f"{arch}.{key}")
@@ -559,6 +613,14 @@ class GGUFSource(ModelSource):
             token_id = self._meta_int(f"tokenizer.ggml.{key}_token_id")
             if token_id is not None:
                 config["pad_token_id" if key == "padding" else f"{key}_token_id"] = token_id
+        if experts:
+            config["num_local_experts" if model_type == "mixtral" else "num_experts"] = experts
+            config["num_experts_per_tok"] = self._meta_int(f"{arch}.expert_used_count")
+            moe_ff = self._meta_int(f"{arch}.expert_feed_forward_length")
+            if moe_ff:
+                config["moe_intermediate_size"] = moe_ff
+            if model_type == "qwen3_moe":  # llama.cpp's qwen3moe renormalizes the top-k
+                config.update(norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[])
         if arch in ("gemma2", "gemma3"):  # GGUF has no key for it; llama.cpp uses head_dim
             config.setdefault("head_dim", 256)
             config["query_pre_attn_scalar"] = config["head_dim"]
@@ -570,7 +632,7 @@ class GGUFSource(ModelSource):
         config["torch_dtype"] = "bfloat16"
         if self.metadata.get(f"{arch}.rope.scaling.type") not in (None, "none"):
             warnings.warn(f"{self.path}: GGUF RoPE scaling metadata is ignored", stacklevel=2)
-        return config
+        return normalize_config(config)
 
     def read(self, name: str):
         """The tensor in bfloat16 (the dtype of the reference models built from GGUF files).
@@ -583,14 +645,15 @@ class GGUFSource(ModelSource):
         import mlx.core as mx
 
         info = self.info(name)
-        t = self._by_hf[name]
-        out, bits = mlx_buffer((t.rows, t.row_elements))
-        row_map = self._row_map(name, t.rows)
+        part = self._by_hf[name]
+        t = part.tensor
+        out, bits = mlx_buffer((part.rows, t.row_elements))
+        row_map = self._row_map(name, part.rows)
         norm = self.arch.startswith("gemma") and name.endswith("norm.weight")
         step = max(1, _CHUNK // max(t.row_elements, 1))
-        for r0 in range(0, t.rows, step):
-            r1 = min(t.rows, r0 + step)
-            raw = self._file.rows(t, r0, r1)
+        for r0 in range(0, part.rows, step):
+            r1 = min(part.rows, r0 + step)
+            raw = self._file.rows(t, part.row0 + r0, part.row0 + r1)
             if t.type.name == "BF16" and not norm:
                 block = raw.view(np.uint16)  # already bf16: copy the bits
             else:
@@ -603,7 +666,7 @@ class GGUFSource(ModelSource):
             else:
                 bits[row_map[r0:r1]] = block
             del raw, block
-            self._file.release(t.offset + r0 * t.row_bytes, t.offset + r1 * t.row_bytes)
+            self._file.release(part.start + r0 * t.row_bytes, part.start + r1 * t.row_bytes)
         return out.reshape(info.shape)
 
     def _row_map(self, name: str, rows: int) -> np.ndarray | None:
@@ -645,11 +708,13 @@ class GGUFSource(ModelSource):
 
     def raw_bytes(self, name: str) -> memoryview:
         self.info(name)
-        return memoryview(self._file.data(self._by_hf[name]))
+        part = self._by_hf[name]
+        start = part.row0 * part.tensor.row_bytes
+        return memoryview(self._file.data(part.tensor))[start : start + part.n_bytes]
 
     def _release(self, name: str, start: int, stop: int) -> None:
-        t = self._by_hf[name]
-        self._file.release(t.offset + start, t.offset + stop)
+        part = self._by_hf[name]
+        self._file.release(part.start + start, part.start + stop)
 
     def write_tokenizer(self, dest: Path) -> list[str]:
         from transformers import PreTrainedTokenizerFast

@@ -104,7 +104,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "starcoder2": {"use_bias": True},
     "mixtral": {"initializer_range": MOE_INIT},
     "qwen2_moe": {"initializer_range": MOE_INIT, "decoder_sparse_step": 1},
-    "qwen3_moe": {"initializer_range": MOE_INIT},
+    "qwen3_moe": {"initializer_range": MOE_INIT, "norm_topk_prob": True},  # as Qwen3 ships
     "deepseek_v2": DEEPSEEK,
     "deepseek_v3": DEEPSEEK,
     "gpt_oss": {"initializer_range": MOE_INIT, "rope_parameters": None},
@@ -164,6 +164,8 @@ GGUF_ARCH: dict[str, str] = {
     "gemma": "gemma",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
+    "qwen3_moe": "qwen3moe",
+    "mixtral": "llama",
 }
 
 # Paths a family refuses, with the start of the one-line error each gives before any work.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from gguf import GGMLQuantizationType as Q
 from families import GGUF_ARCH
 from family_models import hf_model
 
-EXPORT_VERSION = 1  # bump when the written files change
+EXPORT_VERSION = 2  # bump when the written files change
 QTYPES = {"F16": gguf.LlamaFileType.MOSTLY_F16, "Q6_K": gguf.LlamaFileType.MOSTLY_Q6_K}
 QK_K = 256  # K-quant super-block
 
@@ -152,6 +153,12 @@ def _add_hparams(writer: gguf.GGUFWriter, config: dict[str, Any], qtype: str) ->
     if arch == "gemma3" and config.get("sliding_window_pattern"):
         # not in llama.cpp's conversions (its loader fixes the pattern at 6); ours is 2
         writer.add_sliding_window_pattern(config["sliding_window_pattern"])
+    experts = config.get("num_experts") or config.get("num_local_experts")
+    if experts:
+        writer.add_expert_count(experts)
+        writer.add_expert_used_count(config["num_experts_per_tok"])
+        if config.get("moe_intermediate_size"):
+            writer.add_expert_feed_forward_length(config["moe_intermediate_size"])
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
         if config.get(key) is not None:
             getattr(writer, f"add_{key}")(config[key])
@@ -181,6 +188,36 @@ def _add_tokenizer(writer: gguf.GGUFWriter, hf_dir: Path, vocab_size: int) -> No
     gguf.SpecialVocab(hf_dir, load_merges=True, n_vocab=n).add_to_gguf(writer, quiet=True)
 
 
+_EXPERT = re.compile(
+    r"^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)\.weight$"
+)
+_EXPS = {
+    "gate_proj": "gate",
+    "w1": "gate",
+    "up_proj": "up",
+    "w3": "up",
+    "down_proj": "down",
+    "w2": "down",
+}
+
+
+def _stack_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-expert HF tensors stacked into llama.cpp's (E, out, in) ``blk.N.ffn_*_exps``."""
+    out: dict[str, np.ndarray] = {}
+    stacks: dict[str, dict[int, np.ndarray]] = {}
+    for name, w in tensors.items():
+        m = _EXPERT.match(name)
+        if m is None:
+            out[name] = w
+            continue
+        layer, expert, proj = m.groups()
+        key = f"blk.{layer}.ffn_{_EXPS[proj]}_exps.weight"
+        stacks.setdefault(key, {})[int(expert)] = w
+    for key, members in stacks.items():
+        out[key] = np.stack([members[e] for e in range(len(members))])
+    return out
+
+
 def write_gguf(hf_dir: Path, out: Path, qtype: str) -> Path:
     """Write the model in `hf_dir` to `out` as a GGUF file of `qtype` ("F16" or "Q6_K")."""
     if qtype not in QTYPES:
@@ -197,10 +234,12 @@ def write_gguf(hf_dir: Path, out: Path, qtype: str) -> Path:
     writer.add_name(hf_dir.name)
     _add_hparams(writer, config, qtype)
     _add_tokenizer(writer, hf_dir, config["vocab_size"])
-    for name, w in hf_tensors(hf_dir).items():
+    for name, w in _stack_experts(hf_tensors(hf_dir)).items():
         if tied and name == "lm_head.weight":
             continue
         gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if name.startswith("blk."):  # stacked experts, named here
+            gguf_name = name
         if gguf_name is None:
             raise ValueError(f"{hf_dir}: no GGUF name for {name} ({arch})")
         if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):

@@ -360,16 +360,34 @@ def run_family(model_type: str, work: Path) -> dict[str, Outcome]:
 
     _attempt(results, "4-bit KL", kl4)
     if model_type in GGUF_ARCH:
+        bound = MATCH_8BIT_MOE if arch.moe else MATCH_8BIT
         for qtype in ("F16", "Q6_K"):
-            _attempt(results, f"gguf {qtype}", lambda q=qtype: run_gguf(model_type, q, work, ids))
+            _attempt(
+                results,
+                f"gguf {qtype}",
+                lambda q=qtype: run_gguf(model_type, q, work, ids, ref, bound),
+            )
     return results
 
 
-def run_gguf(model_type: str, qtype: str, work: Path, ids: np.ndarray) -> str:
-    """A GGUF of the family -> 3.0 bpw bundle -> both loaders and `jang generate`."""
+def run_gguf(
+    model_type: str, qtype: str, work: Path, ids: np.ndarray, ref: np.ndarray, bound: float
+) -> str:
+    """A GGUF of the family -> 3.0 bpw bundle -> both loaders and `jang generate`. The F16
+    file holds the HF model's very weights, so its 8.5 bpw bundle must also match the
+    transformers reference as the HF model's does (this checks the config jang rebuilds
+    from GGUF metadata)."""
     from gguf_export import gguf_model
 
     gguf = gguf_model(model_type, qtype)
+    detail = ""
+    if qtype == "F16":
+        out8 = work / "bundle-gguf-8bit"
+        cli("convert", gguf, "-o", out8, "--quiet", "--bits", "8.5", "--method", "rtn")
+        gap = relative_gap(ref, bundle_logits(out8, ids))
+        if gap > bound:
+            raise RuntimeError(f"8-bit logits of the GGUF off by {gap:.4f} x std (bound {bound})")
+        detail = f"8-bit {gap:.4f} x std"
     out = work / f"bundle-gguf-{qtype}"
     cli("convert", gguf, "-o", out, "--quiet", "--bits", "3.0", "--method", "rtn")
     cli("validate", out)
@@ -383,7 +401,7 @@ def run_gguf(model_type: str, qtype: str, work: Path, ids: np.ndarray) -> str:
         raise RuntimeError("non-finite logits with jang's kernels")
     if not cli("generate", out, "-p", PROMPT, "-n", "4").strip():
         raise RuntimeError("no text")
-    return ""
+    return detail
 
 
 def mark(model_type: str, path: str, results: dict[str, Outcome]) -> str:

@@ -19,7 +19,7 @@ from gguf.quants import dequantize
 from families import GGUF_ARCH
 from family_models import hf_model
 from gguf_export import gguf_model, hf_tensors, quantize_q6_k, rope_theta
-from jang.source import open_source
+from jang.source import normalize_config, open_source
 
 PROMPTS = ("The capital of France is", " 42 numbers<|eos|> and\n  spaces!")
 CASES = [(m, q) for m in GGUF_ARCH for q in ("F16", "Q6_K")]
@@ -64,7 +64,7 @@ def test_gguf_reads_back(model_type: str, qtype: str, tmp_path: Path):
         else:
             assert _rel_err(got, want) < 0.03, name
 
-    config = source.config
+    config, hf_config = normalize_config(source.config), normalize_config(hf_config)
     for key in (
         "hidden_size",
         "num_hidden_layers",
@@ -72,8 +72,14 @@ def test_gguf_reads_back(model_type: str, qtype: str, tmp_path: Path):
         "num_key_value_heads",
         "intermediate_size",
         "vocab_size",
+        "num_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "norm_topk_prob",
     ):
-        assert config.get(key) == hf_config[key], key
+        assert config.get(key) == hf_config.get(key), key
+    written_as = {"mistral": "llama"}  # llama.cpp writes Mistral as llama (same model)
+    assert config["model_type"] == written_as.get(hf_config["model_type"], hf_config["model_type"])
     heads = hf_config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     assert head_dim == (hf_config.get("head_dim") or hf_config["hidden_size"] // heads)
