@@ -131,7 +131,10 @@ def main() -> None:
         flat = mx.load(str(args.rounded))
         rounded = {m: (flat[m + ".q"], flat[m + ".s"], flat[m + ".b"]) for m in bits_groups}
     elif args.method == "gptq":
-        rounded = conv._gptq_quantize(source, plan, args.calib, args.gptq_samples, 512, print)
+        _, renamed = conv._sanitized_names(source)
+        rounded = conv._gptq_quantize(
+            source, plan, renamed, args.calib, args.gptq_samples, 512, print
+        )
     else:
         rounded = conv._quantize_all(source, plan, dtype, args.method, args.method == "clip", print)
     if args.rounded and not args.rounded.exists():

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from jang import __version__
-from jang.arch import ArchError, require_supported
+from jang.arch import ArchError, detect, require_supported
 from jang.bundle import BundleWriter, quantization_config
 from jang.mlx_view import mlx_model, mlx_view
 from jang.source import ModelSource, mlx_buffer, open_source, trim_memory
@@ -241,8 +241,11 @@ def convert_claimed(
     )
     dtype = _output_dtype(source)
     entries = plan["tensors"]
+    dropped, renamed = _sanitized_names(source)
     precomputed = (
-        _gptq_quantize(source, plan, calib, n_samples, seq_len, say) if method == "gptq" else {}
+        _gptq_quantize(source, plan, renamed, calib, n_samples, seq_len, say)
+        if method == "gptq"
+        else {}
     )
     tune_report = None
     tuned_floats: dict[str, Any] = {}
@@ -267,7 +270,6 @@ def convert_claimed(
         raise ConversionError(
             f"the plan has no entry for {missing[0]} (plan made for another model?)"
         )
-    dropped, renamed = _sanitized_names(source)
     experts = _expert_groups(infos, entries, source.config.get("model_type"))
     presanitize = _presanitized(source, experts)
     pending: dict[str, list[tuple[int, Any, Any, Any]]] = {}
@@ -404,8 +406,6 @@ def _check_finite(name: str, w) -> None:
 def _refuse_early(config: dict[str, Any], names: list[str], method: str, tune: bool) -> None:
     """Every refusal that does not need the weights, before any work: a family jang does
     not convert, and the paths GPTQ and tuning do not handle yet."""
-    from jang.arch import detect
-
     try:
         require_supported(config)
         arch = detect(config, names)
@@ -428,9 +428,12 @@ def _source_tokenizer(source: ModelSource):
         return load_tokenizer(Path(tok_dir))
 
 
-def _gptq_quantize(source, plan, calib, n_samples: int, seq_len: int, say) -> dict[str, Any]:
+def _gptq_quantize(
+    source, plan, renamed: dict[str, str], calib, n_samples: int, seq_len: int, say
+) -> dict[str, Any]:
     """GPTQ of every planned matrix, layer by layer over calibration text propagated
-    through the already-quantized model (see `jang.quant.gptq_model`)."""
+    through the already-quantized model (see `jang.quant.gptq_model`); `renamed` maps
+    source names to the model's own (`_sanitized_names`)."""
     import mlx.core as mx
 
     from jang import quant
@@ -443,7 +446,6 @@ def _gptq_quantize(source, plan, calib, n_samples: int, seq_len: int, say) -> di
     del weights
     tokenizer = _source_tokenizer(source)
     tokens = quant.calibration_tokens(tokenizer, calib, n_samples=n_samples, seq_len=seq_len)
-    _, renamed = _sanitized_names(source)
     # source module -> the model's own module path (a VLM's text tower is renamed)
     path_of = {
         name.removesuffix(".weight"): renamed.get(name, name).removesuffix(".weight")
