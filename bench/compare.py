@@ -7,7 +7,7 @@
 Rows: unquantized; MLX uniform 2/3/4/6/8-bit at g64 and g32 (`mlx_lm.convert`); mlx-lm
 `mixed_2_6/3_6/4_6`; the public `jang` tool's JANG_2S/2L/3M/4K (its own converter, in its own
 venv); our `--bits` targets (2.5 = JANG_2K, 3.5 = JANG_3K, 4.5 = JANG_4K) with each method. Every bundle is evaluated by the torch
-reference engine (`jang.reference`) against the unquantized model's log-probabilities, computed
+reference engine (`jang.engines`) against the unquantized model's log-probabilities, computed
 once and cached on disk per window. Results go to bench/results/<model>.json (rewritten after
 every row, so a cut-off run keeps what it measured), a markdown table on stdout and
 bench/results/<model>.md, and the plot bench/kl_vs_bpw_<model>.png (`--plot-only` redraws it).
@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jang import data
+from jang import data, engines
 from jang import evaluate as ev
+from jang import text as tx
 
 HERE = Path(__file__).resolve().parent
 PUBLIC_JANG = ("jang==2.5.50", "mlx[cpu]==0.32.4", "mlx-lm==0.32.2")
@@ -48,7 +49,8 @@ def hf_dir(model: str, cache: Path) -> Path:
     """The model as a bf16 Hugging Face directory (what every converter reads), made once."""
     import mlx.core as mx
 
-    from jang.source import normalize_config, open_source
+    from jang.config import normalize_config
+    from jang.source import open_source
 
     src = data.path(model) or Path(model)
     out = cache / "hf"
@@ -105,7 +107,7 @@ def calibration_file(cache: Path) -> Path:
     evaluation windows (taken from the start) never reach."""
     path = cache / "calib_wiki_second_half.txt"
     if not path.is_file():
-        articles = ev.load_text().split("\n\n")
+        articles = tx.dataset_text().split("\n\n")
         path.write_text("\n\n".join(articles[len(articles) // 2 :]), encoding="utf-8")
     return path
 
@@ -114,10 +116,11 @@ def build_ours(
     hf: Path, out: Path, target: str, method: str, cache: Path, samples: int = 128
 ) -> None:
     from jang.convert import convert
+    from jang.quant.methods import Calibration
 
     kw: dict = {"method": method, "progress": "quiet", "force": True}
     if method == "gptq":
-        kw.update(calib=calibration_file(cache), n_samples=samples, seq_len=512)
+        kw.update(calibration=Calibration(calibration_file(cache), samples, 512))
     if target.upper().startswith("JANG"):
         convert(hf, out, profile=target, **kw)
     else:
@@ -186,7 +189,7 @@ class RefCache:
             key.unlink(missing_ok=True)
         self.ready = not fresh
 
-    def fill(self, engine: ev.Engine) -> dict[str, float]:
+    def fill(self, engine: engines.Engine) -> dict[str, float]:
         mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float16, shape=self.shape)
         stats = ev.TokenStats()
         for i, ids in enumerate(self.windows):
@@ -207,10 +210,10 @@ def evaluate_row(
     bundle: Path, config: dict, windows: np.ndarray, ref: RefCache, mc: tuple | None = None
 ) -> dict:
     """Metrics of one bundle; `mc` = (tokenizer, questions, bos) adds MC accuracy."""
-    from jang import reference
+    from jang import engines
 
-    model, _, size = reference.reference_model(bundle, config)
-    engine = reference.torch_engine(model)
+    model, _, size = engines.reference_model(bundle, config)
+    engine = engines.torch_engine(model)
     result = ev.compare_windows(windows, engine, ref_cache=ref)
     if mc is not None:
         result["mc"] = ev.mc_accuracy(engine, mc[0], mc[1], mc[2])
@@ -278,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=WINDOWS,
         help=f"evaluation windows (default {WINDOWS}: every row of SmolLM2 in < 30 min on 2 cores; "
-        f"ANCHORS.md uses {ev.DEFAULT_WINDOWS})",
+        f"ANCHORS.md uses {tx.DEFAULT_WINDOWS})",
     )
-    p.add_argument("--length", type=int, default=ev.DEFAULT_LENGTH)
+    p.add_argument("--length", type=int, default=tx.DEFAULT_LENGTH)
     p.add_argument("--only", default=",".join(GROUPS), help=f"row groups: {','.join(GROUPS)}")
     p.add_argument("--methods", default="rtn,clip,gptq", help="our methods (rtn,clip,gptq)")
     p.add_argument("--match", help="only rows whose name contains one of these (comma list)")
@@ -312,14 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from jang import reference
+    from jang import engines, torch_models
 
     torch.set_num_threads(os.cpu_count() or 1)
     hf = hf_dir(args.model, cache)
     config = json.loads((hf / "config.json").read_text())
     tok = AutoTokenizer.from_pretrained(str(hf))
-    bos = ev.bos_id(tok, config)
-    windows = ev.tokenize_windows(tok, ev.load_text(), args.windows, args.length, bos)
+    bos = tx.bos_id(tok, config)
+    windows = tx.tokenize_windows(tok, tx.dataset_text(), args.windows, args.length, bos)
     meta = {
         "model": name,
         "date": date.today().isoformat(),
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "length": int(windows.shape[1]),
         "bos": bos,
         "text": "wiki",
-        "engine": f"torch {torch.__version__} fp32 (jang.reference) on {reference.device()}",
+        "engine": f"torch {torch.__version__} fp32 (jang.engines) on {torch_models.device()}",
         "command": "python bench/compare.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
     }
@@ -349,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     match = args.match.split(",") if args.match else None
     if "base" in groups or not ref.ready:
         t0 = time.perf_counter()
-        model, _, size = reference.reference_model(hf, config)
-        summary = ref.fill(reference.torch_engine(model))
+        model, _, size = engines.reference_model(hf, config)
+        summary = ref.fill(engines.torch_engine(model))
         del model
         results["unquantized (bf16)"] = {
             "name": "unquantized (bf16)",

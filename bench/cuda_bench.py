@@ -1,6 +1,6 @@
 """jang.qmatmul on MLX's CUDA backend vs mx.quantized_matmul and the fp16 matmul, same run.
 
-    source /tmp/jang_env.sh   # after bench/cuda_setup.sh
+    source /tmp/jang_env.sh   # after scripts/cuda_setup.sh
     python3 bench/cuda_bench.py [--k 8192 --n 8192 --group-size 64 --reps 100]
 
 Per width and M in {1, 2, 4, 8, 16, 64}: the mean time per product (microseconds) of jang,

@@ -1,6 +1,6 @@
 """End-to-end decode speed on MLX's CUDA backend: stock MLX vs jang's kernels, same model.
 
-    source /tmp/jang_env.sh   # after bench/cuda_setup.sh
+    source /tmp/jang_env.sh   # after scripts/cuda_setup.sh
     python3 bench/cuda_e2e_decode.py [--layers 32] [--tokens 64] [--rounds 3]
 
 The GPU machine has no network and no model files, and decode speed does not depend on the

@@ -117,46 +117,6 @@ void launch_raw(K kernel, dim3 g, dim3 b, size_t smem, cudaStream_t st, P p) {
 
 int g_sms = 132;
 
-// The configuration eval_gpu.cpp's qmm_fast picks for qmv_kernel.
-struct QmvConf {
-  int nwk;
-  dim3 grid, block;
-  size_t smem;
-};
-QmvConf qmv_conf(
-    int bits,
-    int m,
-    int n,
-    int k,
-    int mt,
-    int rt,
-    int nwr,
-    int per_sm,
-    bool xs) {
-  const int max_warps = qmv_max_threads(bits, mt, rt) / 32;
-  const int chunks = k / qmv_chunk_codes(bits);
-  const int tail_units = k / 32 - chunks * (qmv_chunk_codes(bits) / 32);
-  const int work = std::max({1, chunks, (tail_units + 3) / 4});
-  const int rpb = kRowsPerWarp * rt * nwr;
-  const int64_t blocks =
-      int64_t((n + rpb - 1) / rpb) * ((m + 8 * mt - 1) / (8 * mt));
-  const int64_t target = int64_t(g_sms) * per_sm;
-  const int64_t want = std::clamp<int64_t>(
-      (target + blocks * nwr - 1) / (blocks * nwr), 1, max_warps / nwr);
-  int nwk = 1;
-  while (nwk * 2 <= want) {
-    nwk *= 2;
-  }
-  nwk = std::max(1, std::min(nwk, work));
-  QmvConf c;
-  c.nwk = nwk;
-  c.grid = dim3((n + rpb - 1) / rpb, (m + 8 * mt - 1) / (8 * mt), 1);
-  c.block = dim3(32 * nwr * nwk);
-  c.smem = size_t(nwk - 1) * nwr * rt * mt * 4 * 32 * sizeof(float) +
-           (xs ? qmv_xs_bytes(m, k) : 0);
-  return c;
-}
-
 QmmParams base_params(
     const __half* x, __half* out, const Set& s, int m, int n, int k, int bits) {
   QmmParams p{};
@@ -188,7 +148,12 @@ void add_qmv(
     int nwr,
     int per_sm,
     bool dflt) {
-  const QmvConf c = qmv_conf(BITS, m, n, k, MT, RT, nwr, per_sm, XS);
+  // the launch eval_gpu.cpp makes (cuda/params.h), for one weight matrix
+  const bool aligned = (int64_t(k) * BITS / 32) % 4 == 0;
+  const QmvLaunch c =
+      qmv_launch(BITS, m, n, k, aligned, MT, RT, nwr, 1, int64_t(g_sms) * per_sm);
+  const dim3 grid(c.grid_x, c.grid_y, 1), block(32 * nwr * c.nwk);
+  const size_t smem = c.reduce_bytes + (XS ? qmv_xs_bytes(m, k) : 0);
   const void* fn = reinterpret_cast<const void*>(
       qmv_kernel<__half, BITS, 64, MT, RT, false, XS>);
   if (XS) {
@@ -211,7 +176,7 @@ void add_qmv(
                  QmmParams p = base_params(x, out, s, m, n, k, BITS);
                  p.nwr = nwr;
                  void* args[] = {&p};
-                 CK(cudaLaunchKernel(fn, c.grid, c.block, args, c.smem, st));
+                 CK(cudaLaunchKernel(fn, grid, block, args, smem, st));
                }});
 }
 

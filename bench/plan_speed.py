@@ -24,8 +24,10 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from jang import data, estimate, plan, solver
-from jang.tiers import classify
+from jang import data, estimate, plan
+from jang.plan import errors, solver
+from jang.plan.decision import decisions
+from jang.plan.tiers import classify
 
 
 def smollm(path: Path) -> None:
@@ -64,14 +66,14 @@ def smollm(path: Path) -> None:
 def shape(label: str, n: float) -> None:
     config, tensors, desc = estimate.llama_like(n)
     c = classify(config, tensors)
-    ds = plan.decisions(c)
+    ds = decisions(c)
     layer0 = [d for d in ds if d.first.layer == 0]
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     for d in layer0:
-        rows = min(d.first.rows, max(plan.MIN_ROWS, -(-plan.DEFAULT_SAMPLE // d.first.cols)))
+        rows = min(d.first.rows, max(errors.MIN_ROWS, -(-errors.DEFAULT_SAMPLE // d.first.cols)))
         w = mx.array(rng.standard_normal((rows, d.first.cols), dtype=np.float32) * 0.02)
-        plan._error_terms(w.astype(mx.bfloat16), [o for o in d.options if o[0] != 16])
+        errors._error_terms(w.astype(mx.bfloat16), [o for o in d.options if o[0] != 16])
     per_layer = time.perf_counter() - t0
     layers = config["num_hidden_layers"]
     sizes, costs = [], []

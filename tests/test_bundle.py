@@ -14,6 +14,7 @@ import pytest
 import jang
 from jang import bundle, convert
 from jang.bundle import BundleError, validate
+from jang.quant import tensor
 from tiny_model import make_model_dir
 
 TOKENS = [[1, 5, 9, 33, 70, 100, 2, 7]]
@@ -191,7 +192,7 @@ def test_failure_leaves_nothing(model_dir, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return mx.quantize(w, group_size=group_size, bits=bits)
 
-    monkeypatch.setattr(convert, "_quantize", failing)
+    monkeypatch.setattr(tensor, "quantize", failing)
     out = tmp_path / "never"
     with pytest.raises(
         convert.ConversionError, match=r"No space left on device.*nothing was written"
@@ -368,7 +369,7 @@ def test_sigterm_mid_conversion_leaves_nothing(model_dir, tmp_path, monkeypatch)
             os.kill(os.getpid(), signal.SIGTERM)
         return mx.quantize(w, group_size=group_size, bits=bits)
 
-    monkeypatch.setattr(convert, "_quantize", killed)
+    monkeypatch.setattr(tensor, "quantize", killed)
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         command._interrupt_on_termination()

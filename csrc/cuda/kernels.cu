@@ -12,17 +12,14 @@
 
 namespace jang::cuda {
 
-#define JANG_DECLARE(B)                                                        \
+// Defined by the instance files CMake generates per width and type
+// (qmm_instance.cu.in).
+#define JANG_DECLARE(B, ...)                                                   \
   void* qmv_function_b##B##_f16(int, int, int, bool, bool);                    \
   void* qmv_function_b##B##_bf16(int, int, int, bool, bool);                   \
   void* qmt_function_b##B##_f16(int, int, int);                                \
   void* qmt_function_b##B##_bf16(int, int, int);
-JANG_DECLARE(2)
-JANG_DECLARE(3)
-JANG_DECLARE(4)
-JANG_DECLARE(5)
-JANG_DECLARE(6)
-JANG_DECLARE(8)
+JANG_FOR_EACH_BITS(JANG_DECLARE, _)
 #undef JANG_DECLARE
 
 namespace {
@@ -73,7 +70,7 @@ int sm_count(int device) {
   return n;
 }
 
-// Per width and type, from the qmv_b*.cu / qmt_b*.cu instance files.
+// Per width and type, from the generated instance files.
 #define JANG_PICK(B, ...)                                                      \
   case B:                                                                      \
     return t == DT::f16    ? FN(B, _f16)(__VA_ARGS__)                          \
@@ -84,12 +81,7 @@ void* qmv_function(
     DT t, int bits, int group_size, int mt, int rt, bool out_f32, bool xs) {
 #define FN(B, S) qmv_function_b##B##S
   switch (bits) {
-    JANG_PICK(2, group_size, mt, rt, out_f32, xs)
-    JANG_PICK(3, group_size, mt, rt, out_f32, xs)
-    JANG_PICK(4, group_size, mt, rt, out_f32, xs)
-    JANG_PICK(5, group_size, mt, rt, out_f32, xs)
-    JANG_PICK(6, group_size, mt, rt, out_f32, xs)
-    JANG_PICK(8, group_size, mt, rt, out_f32, xs)
+    JANG_FOR_EACH_BITS(JANG_PICK, group_size, mt, rt, out_f32, xs)
   default:
     return nullptr;
   }
@@ -99,12 +91,7 @@ void* qmv_function(
 void* qmt_function(DT t, int bits, int group_size, int mt, int ks) {
 #define FN(B, S) qmt_function_b##B##S
   switch (bits) {
-    JANG_PICK(2, group_size, mt, ks)
-    JANG_PICK(3, group_size, mt, ks)
-    JANG_PICK(4, group_size, mt, ks)
-    JANG_PICK(5, group_size, mt, ks)
-    JANG_PICK(6, group_size, mt, ks)
-    JANG_PICK(8, group_size, mt, ks)
+    JANG_FOR_EACH_BITS(JANG_PICK, group_size, mt, ks)
   default:
     return nullptr;
   }
@@ -112,20 +99,14 @@ void* qmt_function(DT t, int bits, int group_size, int mt, int ks) {
 }
 #undef JANG_PICK
 
+// KERNEL<TYPE, bits> (or KERNEL<bits> when TYPE is empty) for the run-time
+// width `bits`.
+#define JANG_KERNEL_CASE(B, KERNEL, ...)                                       \
+  case B:                                                                      \
+    return function_of(reinterpret_cast<const void*>(&KERNEL<__VA_ARGS__ B>));
 #define JANG_BY_BITS(KERNEL, ...)                                              \
   switch (bits) {                                                              \
-  case 2:                                                                      \
-    return function_of(reinterpret_cast<const void*>(&KERNEL<__VA_ARGS__ 2>)); \
-  case 3:                                                                      \
-    return function_of(reinterpret_cast<const void*>(&KERNEL<__VA_ARGS__ 3>)); \
-  case 4:                                                                      \
-    return function_of(reinterpret_cast<const void*>(&KERNEL<__VA_ARGS__ 4>)); \
-  case 5:                                                                      \
-    return function_of(reinterpret_cast<const void*>(&KERNEL<__VA_ARGS__ 5>)); \
-  case 6:                                                                      \
-    return function_of(reinterpret_cast<const void*>(&KERNEL<__VA_ARGS__ 6>)); \
-  case 8:                                                                      \
-    return function_of(reinterpret_cast<const void*>(&KERNEL<__VA_ARGS__ 8>)); \
+    JANG_FOR_EACH_BITS(JANG_KERNEL_CASE, KERNEL, __VA_ARGS__)                  \
   default:                                                                     \
     return nullptr;                                                            \
   }

@@ -4,6 +4,7 @@
 // includes MLX or CUDA headers.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #ifdef __CUDACC__
@@ -160,6 +161,50 @@ constexpr int kQmvXsMaxBytes = 96 * 1024;
 // the 20-word chunks of 5 bits, need more registers).
 JANG_HD constexpr int qmv_max_threads(int bits, int mt, int rt) {
   return (rt == 1 && mt == 1 && bits != 5) ? 512 : 256;
+}
+
+// How a qmv_kernel launch splits its work (eval_gpu.cpp launches it so, and
+// bench/cuda_kernels.cu times the same launches): the grid over row groups and
+// m tiles, `nwk` warps per row group sharing the k loop (a power of two, so
+// that a row's chunks, usually a power of two, divide evenly among them; as
+// many as it takes to give the device about `target_warps` warps), and the
+// shared memory of their reduction.
+struct QmvLaunch {
+  unsigned grid_x = 1, grid_y = 1;
+  int nwk = 1;
+  uint32_t reduce_bytes = 0;
+};
+
+inline QmvLaunch qmv_launch(
+    int bits,
+    int m,
+    int n,
+    int k,
+    bool aligned,
+    int mt,
+    int rt,
+    int nwr,
+    int64_t batches,
+    int64_t target_warps) {
+  const int max_warps = qmv_max_threads(bits, mt, rt) / 32;
+  // Work items along k: chunks of the main loop, groups of 4 tail units.
+  const int chunks = aligned ? k / qmv_chunk_codes(bits) : 0;
+  const int tail_units = k / 32 - chunks * (qmv_chunk_codes(bits) / 32);
+  const int work = std::max({1, chunks, (tail_units + 3) / 4});
+  const int rows_per_block = kRowsPerWarp * rt * nwr;
+  QmvLaunch l;
+  l.grid_x = static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block);
+  l.grid_y = static_cast<unsigned>((m + 8 * mt - 1) / (8 * mt));
+  const int64_t blocks = static_cast<int64_t>(l.grid_x) * l.grid_y * batches;
+  const int64_t want = std::clamp<int64_t>(
+      (target_warps + blocks * nwr - 1) / (blocks * nwr), 1, max_warps / nwr);
+  while (l.nwk * 2 <= want) {
+    l.nwk *= 2;
+  }
+  l.nwk = std::max(1, std::min(l.nwk, work));
+  l.reduce_bytes =
+      static_cast<uint32_t>((l.nwk - 1) * nwr * rt * mt * 4 * 32 * sizeof(float));
+  return l;
 }
 
 // qmt_kernel: warps per block (16 weight rows each), codes per row and stage,

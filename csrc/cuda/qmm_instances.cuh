@@ -1,7 +1,8 @@
 // Instances of qmv_kernel or qmt_kernel for one width and activation type,
-// included by the small qmv_b<bits>_<type>.cu / qmt_b<bits>_<type>.cu files
-// so that they compile in parallel: JANG_BITS (2..8), JANG_BF16 (0: fp16,
-// 1: bf16), JANG_TILED (0: qmv_kernel, 1: qmt_kernel).
+// included by the small files CMake generates from qmm_instance.cu.in, one per
+// width (JANG_FOR_EACH_BITS), type and kernel, so that they compile in
+// parallel: JANG_BITS, JANG_BF16 (0: fp16, 1: bf16), JANG_TILED (0:
+// qmv_kernel, 1: qmt_kernel).
 #include <cuda_runtime.h>
 
 #include "cuda/qmm.cuh"
@@ -13,16 +14,7 @@ namespace {
 using T = std::conditional_t<JANG_BF16, __nv_bfloat16, __half>;
 
 template <typename F> void* by_group(int gs, F&& f) {
-  switch (gs) {
-  case 32:
-    return f(std::integral_constant<int, 32>{});
-  case 64:
-    return f(std::integral_constant<int, 64>{});
-  case 128:
-    return f(std::integral_constant<int, 128>{});
-  default:
-    return nullptr;
-  }
+  return affine::with_group_size(gs, f, [] { return static_cast<void*>(nullptr); });
 }
 
 #if JANG_TILED

@@ -11,19 +11,54 @@
 
 #ifndef __METAL_VERSION__
 #include <cstdint>
+#include <type_traits>
 #endif
+
+// The supported code widths and group sizes, each listed once: X(value, ...)
+// for every one, the extra arguments passed through. They expand the CPU and
+// CUDA dispatch switches and the Metal kernel instantiations; CMake reads the
+// widths from the line below to generate the CUDA instance files, and a test
+// checks both lists against jang.formats (the Python side).
+// clang-format off
+#define JANG_FOR_EACH_BITS(X, ...) X(2, __VA_ARGS__) X(3, __VA_ARGS__) X(4, __VA_ARGS__) X(5, __VA_ARGS__) X(6, __VA_ARGS__) X(8, __VA_ARGS__)
+#define JANG_FOR_EACH_GROUP_SIZE(X, ...) X(32, __VA_ARGS__) X(64, __VA_ARGS__) X(128, __VA_ARGS__)
+// clang-format on
 
 namespace jang {
 namespace affine {
 
+#define JANG_IS_VALUE(V, x) (x) == V ||
 constexpr bool valid_bits(int bits) {
-  return bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 ||
-         bits == 8;
+  return JANG_FOR_EACH_BITS(JANG_IS_VALUE, bits) false;
 }
 
 constexpr bool valid_group_size(int group_size) {
-  return group_size == 32 || group_size == 64 || group_size == 128;
+  return JANG_FOR_EACH_GROUP_SIZE(JANG_IS_VALUE, group_size) false;
 }
+#undef JANG_IS_VALUE
+
+#ifndef __METAL_VERSION__
+// name(value, f, otherwise): f(std::integral_constant<int, V>{}) for the
+// listed V equal to the run-time `value`, or otherwise() when none is: the
+// one switch over widths (with_bits) and group sizes (with_group_size) that
+// the CPU kernels and the GPU hosts dispatch through.
+#define JANG_VALUE_CASE(V, ...)                                                \
+  case V:                                                                      \
+    return f(std::integral_constant<int, V>{});
+#define JANG_DEFINE_DISPATCH(name, FOR_EACH)                                   \
+  template <typename F, typename G>                                            \
+  constexpr decltype(auto) name(int value, F&& f, G&& otherwise) {             \
+    switch (value) {                                                           \
+      FOR_EACH(JANG_VALUE_CASE, _)                                             \
+    default:                                                                   \
+      return otherwise();                                                      \
+    }                                                                          \
+  }
+JANG_DEFINE_DISPATCH(with_bits, JANG_FOR_EACH_BITS)
+JANG_DEFINE_DISPATCH(with_group_size, JANG_FOR_EACH_GROUP_SIZE)
+#undef JANG_DEFINE_DISPATCH
+#undef JANG_VALUE_CASE
+#endif
 
 constexpr int gcd32(int bits) {
   return (bits % 8 == 0) ? 8 : (bits % 4 == 0) ? 4 : (bits % 2 == 0) ? 2 : 1;
@@ -32,8 +67,12 @@ constexpr int gcd32(int bits) {
 // A pack is the shortest run of codes that ends on a word boundary:
 // 2-bit 16 codes/1 word, 3-bit 32/3, 4-bit 8/1, 5-bit 32/5, 6-bit 16/3,
 // 8-bit 4/1. Every supported group size is a whole number of packs.
+constexpr int codes_per_pack(int bits) {
+  return 32 / gcd32(bits);
+}
+
 template <int BITS> struct Pack {
-  static constexpr int codes = 32 / gcd32(BITS);
+  static constexpr int codes = codes_per_pack(BITS);
   static constexpr int words = BITS / gcd32(BITS);
   static constexpr uint32_t mask = (1u << BITS) - 1u;
 };

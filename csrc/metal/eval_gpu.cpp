@@ -1,11 +1,9 @@
-// eval_gpu of jang's primitives on Metal (Apple silicon only; compiled when
-// MLX is built with Metal, which also defines JANG_METAL and so removes the
-// throwing stubs in csrc/primitives.cpp and csrc/qmatmul.cpp).
+// eval_gpu of jang's primitives on Metal (Apple silicon only; CMake compiles
+// this file when MLX is built with Metal, and csrc/no_gpu.cpp otherwise).
 //
-// Kernels come from jang.metallib, installed next to libjang; which kernel and
-// grid each shape gets is decided by metal/plan.h, the same code the Linux
-// emulation tests run the shaders with.
-#ifdef JANG_METAL
+// Kernels come from jang.metallib (the *.metal files here), installed next to
+// libjang; which kernel and grid each shape gets is decided by plan.h, the
+// same code the Linux emulation tests run the shaders with.
 
 #include <dlfcn.h>
 
@@ -19,7 +17,7 @@
 #include "mlx/backend/metal/device.h"
 #include "mlx/backend/metal/utils.h"
 
-#include "../../metal/plan.h"
+#include "metal/plan.h"
 #include "jang/affine.h"
 #include "jang/primitives.h"
 
@@ -129,23 +127,6 @@ mx::Dtype scale_type(mx::Dtype scales, mx::Dtype out) {
   return scales == out || out == mx::float32 ? scales : out;
 }
 
-int codes_per_pack(int bits) {
-  switch (bits) {
-    case 2:
-      return affine::Pack<2>::codes;
-    case 3:
-      return affine::Pack<3>::codes;
-    case 4:
-      return affine::Pack<4>::codes;
-    case 5:
-      return affine::Pack<5>::codes;
-    case 6:
-      return affine::Pack<6>::codes;
-    default:
-      return affine::Pack<8>::codes;
-  }
-}
-
 } // namespace
 
 void Dequantize::eval_gpu(
@@ -162,7 +143,7 @@ void Dequantize::eval_gpu(
   auto biases = prepared(inputs[2], t, s);
   const int row_len = out.shape(-1);
   const int64_t rows = out.size() / row_len;
-  const int ppr = row_len / codes_per_pack(bits_);
+  const int ppr = row_len / affine::codes_per_pack(bits_);
   const auto p = plan::dequantize(bits_, to_plan(t), rows, ppr);
   auto& enc = mx::metal::get_command_encoder(s);
   use_kernel(enc, p, s);
@@ -310,4 +291,3 @@ void MoeGateUp::eval_gpu(
 
 } // namespace jang
 
-#endif // JANG_METAL

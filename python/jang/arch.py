@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from jang.errors import ArchError
+
 DENSE, MOE, HYBRID, SSM, LINEAR_ATTENTION = "dense", "moe", "hybrid", "ssm", "linear_attention"
 
 # model_type (of the text tower) -> family. Anything else goes through the generic rules.
@@ -60,6 +62,10 @@ UNSUPPORTED: dict[str, str] = {
 # Top-level model_types of VLM containers whose text tower lives in ``text_config``.
 VLM_CONTAINERS = {"gemma3", "llava", "mistral3", "qwen2_vl", "qwen2_5_vl"}
 
+# one routed expert's part of a tensor name (".experts.<e>.") and a per-expert weight,
+# <prefix>.experts.<e>.<proj>.weight: the layout mlx-lm stacks into switch_mlp
+EXPERT_PART = re.compile(r"\.experts\.(\d+)\.")
+EXPERT_WEIGHT = re.compile(r"^(?P<prefix>.+)\.experts\.(?P<e>\d+)\.(?P<proj>[a-z0-9_]+)\.weight$")
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
 _VISION_PARTS = (
     "vision_tower",
@@ -73,10 +79,6 @@ _VISION_PARTS = (
     "embed_vision",
     "embed_audio",
 )
-
-
-class ArchError(ValueError):
-    """The config cannot describe a causal LM (message says what is missing)."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def detect(config: dict[str, Any], names: Iterable[str] = ()) -> Arch:
         shared = 1
     expert_names = [n for n in text_names if ".experts." in n or ".switch_mlp." in n]
     if expert_names and not num_experts:
-        ids = {int(m.group(1)) for n in expert_names if (m := re.search(r"\.experts\.(\d+)\.", n))}
+        ids = {int(m.group(1)) for n in expert_names if (m := EXPERT_PART.search(n))}
         if ids:
             num_experts = max(ids) + 1
         warnings.append(
@@ -290,7 +292,7 @@ def supported_families() -> list[str]:
 def require_supported(config: dict[str, Any]) -> None:
     """Refuse, before any work, a model that mlx-lm cannot build or that jang cannot convert:
     one line naming the family and listing the supported ones (ArchError)."""
-    from mlx_lm.utils import _get_classes
+    from jang.mlx_models import model_classes
 
     model_type = str(text_config(config).get("model_type") or config.get("model_type") or "")
     top_type = str(config.get("model_type") or model_type)
@@ -301,7 +303,7 @@ def require_supported(config: dict[str, Any]) -> None:
             f"model family {top_type!r} is not supported yet ({reason}); supported: {listed}"
         )
     try:
-        _get_classes(config)
+        model_classes(config)
     except ValueError:
         raise ArchError(
             f"model family {top_type!r} is not supported: mlx-lm cannot build it; "

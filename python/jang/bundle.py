@@ -23,7 +23,6 @@ at the end, so a failed or interrupted conversion leaves no partial bundle.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from jang.source import encode_floats
+from jang.config import encode_floats
+from jang.data import sha256_file
+from jang.errors import BundleError
 
 FORMAT = "jang"
 FORMAT_VERSION = 1
@@ -65,10 +66,6 @@ _MX_TO_ST = {
     "int64": "I64",
     "bool": "BOOL",
 }
-
-
-class BundleError(ValueError):
-    """A bundle cannot be written or does not match its manifest."""
 
 
 def _raw(array) -> tuple[str, np.ndarray]:
@@ -376,7 +373,7 @@ class BundleWriter:
                     shape=entry["shape"],
                     dtype=entry["dtype"],
                 )
-            shard_info.append({"file": final, "sha256": _sha256(self.tmp / final)})
+            shard_info.append({"file": final, "sha256": sha256_file(self.tmp / final)})
         if n > 1:
             weight_map = {name: names[self._shard_of[name]] for name in sorted(self._shard_of)}
             total = sum((self.tmp / f).stat().st_size for f in names)
@@ -407,14 +404,6 @@ class BundleWriter:
         for shard in self._shards:
             shard.abort()
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------- reading ----
@@ -486,7 +475,7 @@ def validate(path: Path | str, deep: bool = False) -> list[str]:
             problems.append(str(exc))
             continue
         headers[shard["file"]] = (header, start, file.stat().st_size)
-        if deep and _sha256(file) != shard.get("sha256"):
+        if deep and sha256_file(file) != shard.get("sha256"):
             problems.append(f"{file}: sha256 differs from the manifest (file changed or corrupt)")
     seen: set[tuple[str, str]] = set()
     for key, entry in manifest.get("tensors", {}).items():

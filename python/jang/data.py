@@ -30,9 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class DataError(RuntimeError):
-    """A data target could not be prepared (download, checksum or format)."""
+from jang.errors import DataError
 
 
 def cache_dir(cache: Path | str | None = None) -> Path:

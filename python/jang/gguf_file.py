@@ -38,6 +38,8 @@ from gguf.constants import (
     GGUFValueType,
 )
 
+from jang.errors import GGUFError
+
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -69,10 +71,6 @@ _NUMPY = {
     GGUFValueType.INT64: "<i8",
     GGUFValueType.FLOAT64: "<f8",
 }
-
-
-class GGUFError(ValueError):
-    """A GGUF file is truncated, corrupt or uses something this reader does not handle."""
 
 
 class StringArray:

@@ -20,11 +20,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from jang import load_extension
+from jang.formats import BITS, GROUP_SIZES
 
 __all__ = ["kernels_enabled", "use_jang_kernels"]
-
-_BITS = {2, 3, 4, 5, 6, 8}
-_GROUPS = {32, 64, 128}
 
 
 def kernels_enabled() -> bool:
@@ -45,8 +43,8 @@ def _eligible(module: nn.Module) -> bool:
     return (
         getattr(module, "mode", "affine") == "affine"
         and module.get("biases") is not None
-        and getattr(module, "bits", None) in _BITS
-        and getattr(module, "group_size", None) in _GROUPS
+        and getattr(module, "bits", None) in BITS
+        and getattr(module, "group_size", None) in GROUP_SIZES
         and getattr(module, "global_scale", None) is None
     )
 

@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from jang.arch import EXPERT_WEIGHT
+from jang.mlx_models import build_model
 from jang.source import ModelSource, SourceError, TensorInfo, open_source
 
-_EXPERT = re.compile(r"\.experts\.\d+\.[a-z0-9_]+\.weight$")
 _LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")
 
 
@@ -142,32 +143,16 @@ def _partition(infos: list[TensorInfo], level: str) -> list[list[TensorInfo]]:
     return list(groups.values())
 
 
-def mlx_model(config: dict[str, Any]):
-    """The mlx-lm model a config builds, with lazy (unevaluated) parameters: cheap."""
-    from mlx_lm.utils import _get_classes
-
-    try:
-        model_class, args_class = _get_classes(config)
-    except ValueError as exc:
-        raise SourceError(f"mlx-lm cannot build {config.get('model_type')!r}: {exc}") from None
-    try:
-        return model_class(args_class.from_dict(config))
-    except (TypeError, KeyError, ValueError) as exc:  # a key mlx-lm's model needs is missing
-        raise SourceError(
-            f"config.json does not describe an mlx-lm {config.get('model_type')} model: {exc}"
-        ) from None
-
-
 def mlx_view(source: ModelSource) -> ModelSource:
     """`source` itself when mlx-lm's sanitize only keeps, renames or drops its tensors
     (the converter handles those); else an `MlxView` of the rewritten tensors."""
     from mlx.utils import tree_flatten
 
     model_type = str(source.config.get("model_type"))
-    model = mlx_model(source.config)
+    model = build_model(source.config)
     if not hasattr(model, "sanitize"):
         return source
-    infos = [i for i in source.tensors() if not _EXPERT.search(i.name)]
+    infos = [i for i in source.tensors() if not EXPERT_WEIGHT.match(i.name)]
     full = _shapes(model, model_type, infos)
     sources = {i.name: tuple(i.shape) for i in infos}
     made = [k for k in full if k not in sources]
@@ -189,7 +174,7 @@ def mlx_view(source: ModelSource) -> ModelSource:
             )
             if again != full:
                 raise SourceError(f"mlx-lm's {model_type} sanitize changes its own output")
-            experts = [i for i in source.tensors() if _EXPERT.search(i.name)]
+            experts = [i for i in source.tensors() if EXPERT_WEIGHT.match(i.name)]
             groups += [_Group((i.name,), {i.name: tuple(i.shape)}) for i in experts]
             return MlxView(source, model, model_type, groups)
     raise SourceError(f"mlx-lm's {model_type} sanitize cannot be applied one layer at a time")

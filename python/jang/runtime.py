@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from jang.bundle import MANIFEST, BundleError, read_manifest
-from jang.source import normalize_config
+from jang.config import normalize_config
+from jang.mlx_models import build_model
 
 
 @dataclass
@@ -93,7 +94,7 @@ def load_model(path: str | Path, *, kernels: bool = True):
     """The model alone: ``(model, config, LoadStats)`` (see `load`)."""
     import mlx.core as mx
     import mlx.nn as nn
-    from mlx_lm.utils import _get_classes, load_config
+    from mlx_lm.utils import load_config
 
     import jang
 
@@ -121,8 +122,7 @@ def load_model(path: str | Path, *, kernels: bool = True):
     if manifest is not None:
         _check_against_manifest(weights, manifest, path)
 
-    model_class, args_class = _get_classes(config)
-    model = model_class(args_class.from_dict(config))
+    model = build_model(config)
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
 

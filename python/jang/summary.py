@@ -7,6 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from jang.tables import text_table
+
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -25,19 +27,6 @@ def _numel(entry: dict[str, Any]) -> int:
     for d in entry.get("shape", []):
         n *= d
     return n
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [header] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=False))
-        )
-        for r in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def describe(path: Path, manifest: dict[str, Any], by_layer: bool = True) -> str:
@@ -85,9 +74,9 @@ def describe(path: Path, manifest: dict[str, Any], by_layer: bool = True) -> str
         [role, ", ".join(sorted(role_bits[role])), v[2], f"{v[0] / 1e6:.2f}M", f"{v[1] / 1e6:.2f}"]
         for role, v in sorted(roles.items(), key=lambda kv: -kv[1][1])
     ]
-    lines += ["", _table(["role", "bits", "tensors", "params", "MB"], rows)]
+    lines += ["", "\n".join(text_table(["role", "bits", "tensors", "params", "MB"], rows))]
     if by_layer and layers:
         cols = sorted({c for layer in layers.values() for c in layer})
         rows = [[i] + [layers[i].get(c, "-") for c in cols] for i in sorted(layers)]
-        lines += ["", "bits per layer", _table(["layer", *cols], rows)]
+        lines += ["", "bits per layer", "\n".join(text_table(["layer", *cols], rows))]
     return "\n".join(lines)

@@ -242,8 +242,8 @@ def convert_args(method: str, calib: Path) -> list[str]:
 
 def run_family(model_type: str, work: Path) -> dict[str, Outcome]:
     """Every path of the matrix for one family; `work` is an empty scratch directory."""
-    from jang import profiles
     from jang.arch import detect
+    from jang.plan import profiles
 
     results: dict[str, Outcome] = {}
     src = hf_model(model_type)

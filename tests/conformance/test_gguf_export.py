@@ -19,7 +19,8 @@ from gguf.quants import dequantize
 from families import GGUF_ARCH
 from family_models import hf_model
 from gguf_export import gguf_model, hf_tensors, quantize_q6_k, rope_theta
-from jang.source import normalize_config, open_source
+from jang.config import normalize_config
+from jang.source import open_source
 
 PROMPTS = ("The capital of France is", " 42 numbers<|eos|> and\n  spaces!")
 CASES = [(m, q) for m in GGUF_ARCH for q in ("F16", "Q6_K")]

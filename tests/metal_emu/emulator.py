@@ -25,7 +25,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-METAL_DIR = ROOT / "metal"
+METAL_DIR = ROOT / "csrc" / "metal"
 GUARD = 256
 GUARD_BYTE = 0x7F
 POISON = 0xFF
@@ -210,7 +210,7 @@ class Library:
 
 
 class Dispatch(ctypes.Structure):
-    """metal/plan.h's Dispatch: kernel name, grid, threadgroup size and memory."""
+    """csrc/metal/plan.h's Dispatch: kernel name, grid, threadgroup size and memory."""
 
     _fields_: ClassVar = [
         ("kernel", ctypes.c_char * 96),

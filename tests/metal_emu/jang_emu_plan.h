@@ -1,4 +1,4 @@
-// The host's launch plan (metal/plan.h), exported to the emulation driver so
+// The host's launch plan (csrc/metal/plan.h), exported to the emulation driver so
 // that tests run each kernel over exactly the grid eval_gpu uses.
 #pragma once
 

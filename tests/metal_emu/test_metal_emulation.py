@@ -1,7 +1,7 @@
 """jang's Metal kernels, executed on Linux by the Metal emulation (metal_emu.h) and
-compared with the CPU reference, over the grids the host code (metal/plan.h) uses.
+compared with the CPU reference, over the grids the host code (csrc/metal/plan.h) uses.
 
-Every kernel instantiation in metal/*.metal runs at least once on random inputs (odd
+Every kernel instantiation in csrc/metal/*.metal runs at least once on random inputs (odd
 sizes included), the MoE and gather kernels on both their gathered (decode) and sorted
 (prefill: jang_moe_route, then tiles) paths, with out-of-range indices; broken copies of
 the kernels show that the emulation catches each missing barrier of the tiled kernels,
@@ -231,7 +231,7 @@ def test_qmatmul_matches_cpu_kernel(libs):
 
 
 def test_every_instantiation_is_known(lib_of):
-    # No kernel in metal/ escapes the tests below, and none is missing.
+    # No kernel in csrc/metal/ escapes the tests below, and none is missing.
     assert set(lib_of) == expected_kernel_names()
 
 
@@ -259,7 +259,7 @@ def test_every_qmatmul_instantiation(libs, name, bits, xt, st, m):
 
 
 def broken_copy(tmp_path: Path, source: str, old: str, new: str, libs_dir: str) -> Library:
-    """A copy of metal/<source> with `old` replaced by `new`, built on its own."""
+    """A copy of csrc/metal/<source> with `old` replaced by `new`, built on its own."""
     text = (METAL_DIR / source).read_text()
     assert text.count(old) == 1, f"{old!r} must occur once in {source}"
     path = tmp_path / source
@@ -654,7 +654,7 @@ def test_gather_qmm_sorted_independent_of_thread_order(libs, order):
 
 
 def test_sorted_path_choice(libs):
-    # Same rule for both ops (metal/plan.h): at least 64 rows and one per expert.
+    # Same rule for both ops (csrc/metal/plan.h): at least 64 rows and one per expert.
     lib = libs["moe"]
     assert not use_sorted(lib, 63, 8)
     assert use_sorted(lib, 64, 8)

@@ -8,8 +8,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from jang import formats as F
 from jang import plan as P
 from jang.arch import detect
+from jang.plan import decision as D
+from jang.plan import errors as E
+from jang.plan import report
 from plan_fixtures import FakeWeights, load
 
 
@@ -25,10 +29,10 @@ def test_rtn_is_bit_exact_with_mx_quantize(dtype):
             -mx.abs(w[:1]),  # one-signed groups
         ]
     ).astype(dtype)
-    for bits in P.BITS:
+    for bits in F.BITS:
         for g in (32, 64, 128):
             ref = mx.dequantize(*mx.quantize(w, group_size=g, bits=bits), group_size=g, bits=bits)
-            mine = P.rtn_dequantize(w, bits, g)
+            mine = E.rtn_dequantize(w, bits, g)
             assert mine.dtype == ref.dtype
             assert mx.array_equal(mine, ref).item(), (bits, g)
 
@@ -38,26 +42,26 @@ def test_measure_error_is_relative_frobenius():
     dq = mx.dequantize(*mx.quantize(w, group_size=64, bits=3), group_size=64, bits=3)
     wf, df = np.array(w.astype(mx.float32)), np.array(dq.astype(mx.float32))
     want = np.linalg.norm(df - wf) / np.linalg.norm(wf)
-    assert P.measure_error(w, 3, 64) == pytest.approx(want, rel=1e-5)
-    errs = [P.measure_error(w, b, 64) for b in P.BITS]
+    assert E.measure_error(w, 3, 64) == pytest.approx(want, rel=1e-5)
+    errs = [E.measure_error(w, b, 64) for b in F.BITS]
     assert all(a > b for a, b in pairwise(errs))
     # chunking does not change the answer
-    nums, den = P._error_terms(w, [(3, 64)], chunk=128 * 5)
+    nums, den = E._error_terms(w, [(3, 64)], chunk=128 * 5)
     assert math.sqrt(nums[0] / den) == pytest.approx(want, rel=1e-5)
 
 
 def test_activation_weighting_changes_the_error():
     w = (mx.random.normal((32, 128), key=mx.random.key(2)) * 0.02).astype(mx.bfloat16)
-    flat = P.measure_error(w, 3, 64)
-    assert P.measure_error(w, 3, 64, col_scale=np.ones(128)) == pytest.approx(flat, rel=1e-6)
+    flat = E.measure_error(w, 3, 64)
+    assert E.measure_error(w, 3, 64, col_scale=np.ones(128)) == pytest.approx(flat, rel=1e-6)
     skew = np.where(np.arange(128) < 8, 10.0, 0.1)
-    assert P.measure_error(w, 3, 64, col_scale=skew) != pytest.approx(flat, rel=1e-3)
+    assert E.measure_error(w, 3, 64, col_scale=skew) != pytest.approx(flat, rel=1e-3)
 
 
 def test_bytes_are_exact():
-    assert P.matrix_bytes(576, 1536, 4, 64) == 576 * 1536 // 2 + 576 * 24 * 4
-    assert P.matrix_bytes(10, 64, 3, 32) == 10 * 64 * 3 // 8 + 10 * 2 * 4
-    assert P.matrix_bytes(10, 64, P.UNQUANTIZED, None) == 10 * 64 * 2
+    assert F.matrix_bytes(576, 1536, 4, 64) == 576 * 1536 // 2 + 576 * 24 * 4
+    assert F.matrix_bytes(10, 64, 3, 32) == 10 * 64 * 3 // 8 + 10 * 2 * 4
+    assert F.matrix_bytes(10, 64, F.UNQUANTIZED, None) == 10 * 64 * 2
 
 
 def plan_of(fixture, tmp_path=None, heavy=None, **kw):
@@ -82,8 +86,8 @@ def test_budget_plan_schema_and_totals(tmp_path):
     assert plan["solver"]["exact"]
     assert tot["objective"] == pytest.approx(plan["solver"]["objective"])
     for e in quant:
-        assert e["bits"] in P.BITS and e["group_size"] in (32, 64, 128)
-        assert e["bytes"] == P.matrix_bytes(*e["shape"], e["bits"], e["group_size"])
+        assert e["bits"] in F.BITS and e["group_size"] in (32, 64, 128)
+        assert e["bytes"] == F.matrix_bytes(*e["shape"], e["bits"], e["group_size"])
         assert 0 < e["error"] < 1
     norms = [e for e in plan["tensors"].values() if e["role"] == "norm"]
     assert norms and all(not e["quantized"] and e["reason"] for e in norms)
@@ -113,7 +117,7 @@ def test_cache_makes_replanning_free(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("errors were measured again")
 
-    monkeypatch.setattr(P, "_error_terms", boom)
+    monkeypatch.setattr(E, "_error_terms", boom)
     again, _, _ = plan_of("llama", tmp_path, bits=3.0)
     assert again["tensors"] == first["tensors"]
 
@@ -163,7 +167,7 @@ def test_transposed_experts_are_measured_in_mlx_layout(tmp_path):
     plan, _, _ = plan_of("gpt_oss", tmp_path, bits=4.5)
     gu = plan["tensors"]["model.layers.0.mlp.experts.gate_up_proj"]
     assert gu["transposed"] and gu["quantized"]
-    assert gu["bytes"] == 4 * P.matrix_bytes(384, 256, gu["bits"], gu["group_size"])
+    assert gu["bytes"] == 4 * F.matrix_bytes(384, 256, gu["bits"], gu["group_size"])
 
 
 def test_tied_embedding_gets_the_head_prior():
@@ -171,15 +175,15 @@ def test_tied_embedding_gets_the_head_prior():
     plan = P.make_plan(config, tensors, profile="JANG_4M")
     emb = plan["tensors"]["model.embed_tokens.weight"]
     arch = detect(config, [n for n, _ in tensors])
-    assert emb["tied"] and emb["alpha"] == P.head_weight(arch) == arch.num_layers
+    assert emb["tied"] and emb["alpha"] == D.head_weight(arch) == arch.num_layers
     q = plan["tensors"]["model.layers.0.self_attn.q_proj.weight"]
     v = plan["tensors"]["model.layers.2.self_attn.v_proj.weight"]
-    assert q["alpha"] == P.QK_WEIGHT * P.EDGE_WEIGHT and v["alpha"] == P.EDGE_WEIGHT
+    assert q["alpha"] == D.QK_WEIGHT * D.EDGE_WEIGHT and v["alpha"] == D.EDGE_WEIGHT
 
 
 def test_summary_lists_roles_and_layers(tmp_path):
     plan, _, _ = plan_of("jamba", tmp_path, bits=4.0)
-    text = P.summarize(plan)
+    text = report.summarize(plan)
     for word in ("ssm_in", "expert_down", "attn_v", "bpw all-in", "layer", "solver dp-exact"):
         assert word in text
     assert "warning" not in text

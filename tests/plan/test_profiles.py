@@ -2,8 +2,7 @@
 
 import pytest
 
-from jang import profiles
-from jang.plan import make_plan
+from jang.plan import make_plan, profiles
 from plan_fixtures import load
 
 ISSUE_TUPLES = {

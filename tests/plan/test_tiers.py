@@ -2,7 +2,7 @@
 
 import pytest
 
-from jang.tiers import (
+from jang.plan.tiers import (
     COMPRESS,
     CRITICAL,
     IMPORTANT,

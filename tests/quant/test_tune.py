@@ -10,12 +10,13 @@ import pytest
 
 from jang import cli
 from jang import evaluate as ev
+from jang import text as tx
 from tiny_model import VOCAB, make_model_dir, tiny_config, tiny_weights
 
 torch = pytest.importorskip("torch", reason="tuning runs in torch (eval extra)")
 pytest.importorskip("transformers", reason="tuning builds the transformers model")
 
-from jang import reference  # noqa: E402
+from jang import engines  # noqa: E402
 from jang.quant import tune  # noqa: E402
 
 
@@ -54,10 +55,10 @@ def tiny(tmp_path_factory):
 
 
 def _kl(bundle, src, text) -> float:
-    run, _, _ = ev.load_engine(bundle, "torch")
-    ref, _, _ = ev.load_engine(src, "torch")
-    tok = ev.load_tokenizer(bundle)
-    wins = ev.tokenize_windows(tok, text.read_text(), 8, 64, ev.bos_id(tok))
+    run, _, _ = engines.load_engine(bundle, "torch")
+    ref, _, _ = engines.load_engine(src, "torch")
+    tok = engines.load_tokenizer(bundle)
+    wins = tx.tokenize_windows(tok, text.read_text(), 8, 64, tx.bos_id(tok))
     return ev.compare_windows(wins, run, ref)["kl"]
 
 
@@ -109,8 +110,8 @@ def test_the_untrained_student_is_the_bundle_and_a_tied_head_follows(tmp_path):
     quantized, widths = _quantized(out)
     assert len({w for w in widths.values()}) > 1  # a mixed plan: several widths
     assert "model.embed_tokens" in quantized and "lm_head" not in quantized
-    bundle_model, _, _ = reference.reference_model(out)
-    teacher, _, _ = reference.reference_model(src)
+    bundle_model, _, _ = engines.reference_model(out)
+    teacher, _, _ = engines.reference_model(src)
     student = copy.deepcopy(teacher)
     tune._attach(torch, student, quantized, widths)
     ids = torch.tensor([[1, 5, 9, 40, 77, 3, 12, 100]])
@@ -156,7 +157,7 @@ def test_trained_codes_are_repacked_exactly(tmp_path):
     out = tmp_path / "b"
     assert cli.main(["convert", str(src), "-o", str(out), "--bits", "2.5", "--quiet"]) == 0
     quantized, widths = _quantized(out)
-    teacher, _, _ = reference.reference_model(src)
+    teacher, _, _ = engines.reference_model(src)
     student = copy.deepcopy(teacher)
     tokens = np.random.default_rng(0).integers(3, len(VOCAB), size=(8, 32))
     tuned, floats, report = tune.tune_scales(

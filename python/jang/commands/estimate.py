@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jang import estimate, profiles
+    from jang import estimate
+    from jang.plan import profiles
 
     try:
         if Path(args.model).exists():

@@ -28,26 +28,21 @@ def _bad_arguments(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jang.bundle import BundleError
     from jang.generate import generate
 
     problem = _bad_arguments(args)
     if problem:
         print(f"jang generate: error: {problem}", file=sys.stderr)
         return 2
-    try:
-        stats = generate(
-            args.bundle,
-            args.prompt,
-            max_tokens=args.max_tokens,
-            temp=args.temp,
-            chat=args.chat,
-            kernels=not args.stock,
-            stream=sys.stdout,
-        )
-    except BundleError as exc:
-        print(f"jang generate: error: {exc}", file=sys.stderr)
-        return 1
+    stats = generate(
+        args.bundle,
+        args.prompt,
+        max_tokens=args.max_tokens,
+        temp=args.temp,
+        chat=args.chat,
+        kernels=not args.stock,
+        stream=sys.stdout,
+    )
     print(
         f"\n[{stats['prompt_tokens']} prompt tokens, {stats['prompt_tps']:.1f} tok/s; "
         f"{stats['generated_tokens']} generated, {stats['generation_tps']:.1f} tok/s; "

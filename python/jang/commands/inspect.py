@@ -1,7 +1,6 @@
 """`jang inspect`."""
 
 import argparse
-import sys
 from pathlib import Path
 
 HELP = "per-role and per-layer bits of a bundle, size and average bits per weight"
@@ -13,13 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jang.bundle import BundleError, read_manifest
+    from jang.bundle import read_manifest
     from jang.summary import describe
 
-    try:
-        manifest = read_manifest(args.bundle)
-    except BundleError as exc:
-        print(f"jang inspect: error: {exc}", file=sys.stderr)
-        return 1
+    manifest = read_manifest(args.bundle)
     print(describe(args.bundle, manifest, by_layer=not args.no_layers))
     return 0

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _priors(items: list[str]) -> dict[str, float]:
-    from jang.tiers import ROLES
+    from jang.plan.tiers import ROLES
 
     out = {}
     for item in items:
@@ -64,12 +64,14 @@ def run(args: argparse.Namespace) -> int:
 
     from jang import data
     from jang import plan as planner
+    from jang.plan.errors import DEFAULT_SAMPLE, default_cache_path
+    from jang.plan.report import summarize
 
     try:
         source = data.resolve_model(args.source, quiet=args.quiet)
         priors = _priors(args.prior)
-        cache = None if args.no_cache else (args.cache or planner.default_cache_path())
-        sample = planner.DEFAULT_SAMPLE if args.sample is None else (args.sample or None)
+        cache = None if args.no_cache else (args.cache or default_cache_path())
+        sample = DEFAULT_SAMPLE if args.sample is None else (args.sample or None)
         tty = sys.stderr.isatty() and not args.quiet
 
         def progress(i: int, n: int) -> None:
@@ -92,6 +94,6 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{Path(args.source).name.split('.')[0]}.{name}.plan.json")
     out.write_text(json.dumps(result, indent=1))
     if not args.quiet:
-        print(planner.summarize(result, by_layer=not args.no_layers))
+        print(summarize(result, by_layer=not args.no_layers))
     print(f"plan written to {out}")
     return 0

@@ -24,10 +24,8 @@ Tensor API (no calibration needed):
   as ``mx.dequantize``.
 * ``pack(codes, bits)`` / ``unpack(wq, bits)``: the bit layout alone (numpy).
 
-Calibrated API:
+Calibrated API (calibration windows come from `jang.text.calibration_tokens`):
 
-* ``calibration_tokens(tokenizer, path=None, *, text=None, n_samples=128, seq_len=512,
-  seed=0) -> mx.array`` (n_samples, seq_len), from a text file or the built-in sample.
 * ``gptq_model(model, plan, tokens, *, batch_size=8, block_size=128, damp=0.01,
   act_order=True, params="clip", replace=True) -> {path: (wq, scales, biases)}``:
   sequential GPTQ of an mlx-lm model; ``plan`` maps module paths to (bits, group_size).
@@ -47,26 +45,28 @@ plainly; a Hessian that is not positive definite gets more damping (tenfold step
 RTN.
 """
 
-from jang.quant.calib import calibration_tokens, load_text
-from jang.quant.gptq import Hessian, gptq_quantize
-from jang.quant.groups import BITS, GROUP_SIZES, QuantizationError
-from jang.quant.pack import pack, unpack
-from jang.quant.sequential import activation_importance, gptq_model
-from jang.quant.tensor import dequantize_tensor, quantize_tensor, relative_error
+import importlib
 
-__all__ = [
-    "BITS",
-    "GROUP_SIZES",
-    "Hessian",
-    "QuantizationError",
-    "activation_importance",
-    "calibration_tokens",
-    "dequantize_tensor",
-    "gptq_model",
-    "gptq_quantize",
-    "load_text",
-    "pack",
-    "quantize_tensor",
-    "relative_error",
-    "unpack",
-]
+# name -> the module that defines it; imported on first use, so that the command line can
+# read the method registry (`jang.quant.methods`) without loading MLX
+_EXPORTS = {
+    "BITS": "jang.formats",
+    "GROUP_SIZES": "jang.formats",
+    "Hessian": "jang.quant.gptq",
+    "QuantizationError": "jang.errors",
+    "activation_importance": "jang.quant.sequential",
+    "dequantize_tensor": "jang.quant.tensor",
+    "gptq_model": "jang.quant.sequential",
+    "gptq_quantize": "jang.quant.gptq",
+    "pack": "jang.quant.packing",
+    "quantize_tensor": "jang.quant.tensor",
+    "relative_error": "jang.quant.tensor",
+    "unpack": "jang.quant.packing",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'jang.quant' has no attribute {name!r}")

@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 
 from jang.quant import groups as G
-from jang.quant.pack import unpack
+from jang.quant.packing import unpack
 
 
 def debias_rows(

@@ -25,7 +25,7 @@ import numpy as np
 
 from jang.quant import groups as G
 from jang.quant.clip import clip_block
-from jang.quant.pack import pack
+from jang.quant.packing import pack
 from jang.quant.rtn import rtn_block
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 import mlx.core as mx
 import numpy as np
 
-BITS = (2, 3, 4, 5, 6, 8)
-GROUP_SIZES = (32, 64, 128)
+from jang.errors import QuantizationError
+from jang.formats import BITS, GROUP_SIZES
+
 FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
 # Elements per block handed to the numpy kernels: small enough that a block and its
@@ -23,10 +24,6 @@ FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 BLOCK_ELEMENTS = 1 << 16
 # Elements per slab copied out of MLX at a time (bounds the transient memory).
 SLAB_ELEMENTS = 1 << 22
-
-
-class QuantizationError(ValueError):
-    """A weight or parameter the quantizers cannot handle; the message says which and why."""
 
 
 def check_params(bits: int, group_size: int) -> None:

@@ -13,11 +13,11 @@ import mlx.core as mx
 import numpy as np
 
 from jang.quant import groups as G
-from jang.quant.clip import clip_block, group_error
-from jang.quant.pack import pack_groups, unpack
-from jang.quant.rtn import rtn_block
+from jang.quant.clip import group_error
+from jang.quant.methods import get_method
+from jang.quant.packing import pack_groups, unpack
 
-METHODS = {"rtn": rtn_block, "clip": clip_block}
+QUANT_BLOCK = 1 << 20  # weights rounded per call by `quantize_rows`
 
 
 def _walk(
@@ -25,11 +25,12 @@ def _walk(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (first_row, block, importance, codes, scale, bias), blocks in transposed layout."""
     G.check_params(bits, group_size)
-    if method not in METHODS:
-        raise G.QuantizationError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    block_fn = get_method(method).block
+    if block_fn is None:
+        raise G.QuantizationError(f"{method} is not a per-tensor method; it needs the model")
     rows, cols = G.check_weight(w, group_size)
     h = G.check_importance(importance, cols)
-    block_fn, rnd = METHODS[method], G.rounder(w.dtype)
+    rnd = G.rounder(w.dtype)
     per_row = cols // group_size
     tiled: dict[int, np.ndarray | None] = {}
     for r0, xb in G.iter_blocks(w.reshape(rows, cols)):
@@ -114,3 +115,48 @@ def relative_error(
     if den == 0.0:
         return 0.0 if num == 0.0 else math.inf
     return math.sqrt(num / den)
+
+
+def quantize(w: mx.array, bits: int, group_size: int, method: str, debias: bool = False):
+    """One tensor -> (codes, scales, biases) in MLX's affine layout by a per-tensor method
+    (``rtn`` is ``mx.quantize`` itself); `debias` rescales each output row to undo the
+    shrinkage of MSE-optimal rounding (`jang.quant.debias`)."""
+    if method == "rtn":
+        q, s, b = mx.quantize(w, group_size=group_size, bits=bits)
+    else:
+        q, s, b = quantize_tensor(w, bits, group_size, method=method)
+    if debias:
+        from jang.quant.debias import debias_rows
+
+        s, b = debias_rows(w, q, s, b, bits, group_size)
+    return q, s, b
+
+
+def quantize_rows(w: mx.array, dtype, bits: int, group_size: int, method: str, debias: bool):
+    """`quantize(w.astype(dtype), ...)` a block of rows at a time, written into preallocated
+    outputs: the quantizers' per-call temporaries (float32 scales, packed codes, their MLX
+    copies) stay block-sized and `w` is never cast whole. Rows are independent in MLX's
+    affine layout, so the result is the same as one call."""
+    from jang.source import mlx_buffer
+
+    cols = w.shape[-1]
+    rows = w.size // cols
+    step = max(1, QUANT_BLOCK // cols)
+    if rows <= step:
+        return quantize(w.astype(dtype), bits, group_size, method, debias)
+    w2 = w.reshape(rows, cols)
+    outs = views = None
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        parts = quantize(w2[r0:r1].astype(dtype), bits, group_size, method, debias)
+        mx.eval(*parts)
+        if outs is None:
+            outs, views = zip(
+                *(mlx_buffer((rows, p.shape[-1]), p.dtype) for p in parts), strict=True
+            )
+        for view, part in zip(views, parts, strict=True):
+            uint = {2: mx.uint16, 4: mx.uint32}[part.dtype.size]
+            view[r0:r1] = np.array(part.view(uint), copy=False)
+        del parts
+    lead = w.shape[:-1]
+    return tuple(o.reshape(*lead, o.shape[-1]) for o in outs)

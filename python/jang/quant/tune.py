@@ -31,11 +31,9 @@ import mlx.core as mx
 import numpy as np
 
 from jang.quant.groups import QuantizationError
-from jang.quant.pack import pack
+from jang.quant.methods import TuneOptions
+from jang.quant.packing import pack
 
-DEFAULT_EPOCHS = 2
-DEFAULT_SAMPLES = 32
-DEFAULT_LR = 1e-3
 DEFAULT_CODE_LR = 5e-3
 
 
@@ -161,8 +159,8 @@ def tune_scales(
     bits_groups: dict[str, tuple[int, int]],
     tokens: np.ndarray,
     *,
-    epochs: int = DEFAULT_EPOCHS,
-    lr: float = DEFAULT_LR,
+    epochs: int = TuneOptions.epochs,
+    lr: float = TuneOptions.lr,
     train_codes: bool = False,
     code_lr: float = DEFAULT_CODE_LR,
     train_norms: bool = False,

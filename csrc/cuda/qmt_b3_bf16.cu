@@ -1,6 +1,0 @@
-// qmt_kernel instances for 3-bit weights and bf16 activations.
-#define JANG_BITS 3
-#define JANG_BF16 1
-#define JANG_TILED 1
-#define JANG_SUFFIX _bf16
-#include "cuda/qmm_instances.cuh"

@@ -1,6 +1,0 @@
-// qmv_kernel instances for 6-bit weights and f16 activations.
-#define JANG_BITS 6
-#define JANG_BF16 0
-#define JANG_TILED 0
-#define JANG_SUFFIX _f16
-#include "cuda/qmm_instances.cuh"

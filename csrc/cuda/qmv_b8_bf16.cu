@@ -1,6 +1,0 @@
-// qmv_kernel instances for 8-bit weights and bf16 activations.
-#define JANG_BITS 8
-#define JANG_BF16 1
-#define JANG_TILED 0
-#define JANG_SUFFIX _bf16
-#include "cuda/qmm_instances.cuh"

@@ -1,0 +1,314 @@
+"""Convert a model (HF dir, safetensors, GGUF) into a bundle, one tensor at a time.
+
+Flow: source -> plan -> round each tensor -> bundle writer. Tensors are read, rounded and
+written one at a time (experts of one MoE projection are stacked once all of them have
+been rounded), so peak memory stays near the largest tensor, not the model. The bundle
+appears at OUT only when complete (`jang.bundle.claim_output`, `BundleWriter`).
+
+The rounding method comes from the registry (`jang.quant.methods`). A model-level method
+(GPTQ) and tuning hold the whole model instead (`jang.convert.calibrated`): both finish all
+the rounding before the first tensor is written. Where each tensor goes in the bundle
+(renames, drops, stacked experts) is `jang.convert.layout`'s business.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jang import __version__
+from jang.arch import detect, require_supported
+from jang.bundle import BundleWriter, claim_output, quantization_config
+from jang.convert import calibrated, layout
+from jang.errors import ArchError, ConversionError
+from jang.mlx_view import mlx_view
+from jang.progress import Progress
+from jang.quant.methods import DEFAULT_METHOD, Calibration, Method, TuneOptions, get_method
+from jang.quant.tensor import quantize_rows
+from jang.source import ModelSource, open_source, trim_memory
+
+
+@dataclass
+class ConversionReport:
+    out: Path
+    seconds: float
+    plan_seconds: float
+    bytes_written: int
+    bpw_all_in: float
+    bpw_codes: float
+    tensors: int
+
+
+def convert(
+    src: str | Path,
+    out: str | Path,
+    *,
+    profile: str | None = None,
+    bits: float | None = None,
+    plan: dict[str, Any] | None = None,
+    method: str = DEFAULT_METHOD,
+    debias: bool | None = None,
+    calibration: Calibration | None = None,
+    tune: TuneOptions | None = None,
+    force: bool = False,
+    progress: str = "bar",
+    log: Callable[[str], None] | None = None,
+) -> ConversionReport:
+    """Convert `src` into a bundle at `out`, sized by `profile`, `bits` or a ready `plan`.
+
+    `method` rounds each planned matrix (`jang.quant.methods`; `debias` defaults to the
+    method's own choice); `calibration` is the text GPTQ and tuning read; with `tune`
+    every group's scale and bias is then trained against the float model before anything
+    is written. OUT is held for the whole conversion: an OUT that is or holds the source,
+    or (with `force`) anything but a jang bundle or an empty directory, is refused before
+    any work, and a second conversion into the same OUT fails at once. `progress` is
+    "bar", "json" or "quiet"; `log` receives one-line stage messages.
+    """
+    spec = get_method(method)
+    if tune is not None:
+        tune.check()  # before any work: rounding and GPTQ can take minutes
+    debias = spec.debias if debias is None else debias
+    say = log or (lambda msg: None)
+    calibration = calibration or Calibration()
+    with claim_output(out, force, [src]):
+        t0 = time.perf_counter()
+        source = _open(src, spec, tune)
+        if plan is None:
+            plan = _make_plan(source, src, profile, bits)
+        plan_seconds = time.perf_counter() - t0
+        say(
+            f"plan: {plan['totals']['bpw_all_in']:.3f} bpw all-in, "
+            f"{plan['totals']['bpw_codes']:.3f} codes-only ({plan_seconds:.1f} s)"
+        )
+        dtype = _output_dtype(source)
+        dropped, renamed = layout.sanitized_names(source)
+        rounded: dict[str, Any] = {}
+        floats: dict[str, Any] = {}
+        tune_report = None
+        if spec.calibrated:
+            rounded = calibrated.gptq_rounded(source, plan, renamed, calibration, say)
+        if tune is not None:
+            if not rounded:
+                rounded = calibrated.rounded_all(source, plan, dtype, method, debias, say)
+            rounded, floats, tune_report = calibrated.tuned(
+                source, plan, rounded, calibration, tune, say, progress
+            )
+        manifest = {
+            "jang_version": __version__,
+            "method": method,
+            "debias": debias,
+            "calibration": str(calibration.text) if calibration.text else None,
+            "tune": tune_report.to_json() if tune_report else None,
+            "source": {
+                "path": str(src),
+                "parameters": source.num_parameters,
+                "format": type(source).__name__,
+            },
+            "plan": {k: v for k, v in plan.items() if k != "tensors"},
+            "summary": dict(plan["totals"]),
+        }
+        _write(
+            source,
+            Path(out),
+            plan,
+            dtype,
+            spec,
+            debias,
+            rounded,
+            floats,
+            dropped,
+            renamed,
+            manifest,
+            force,
+            progress,
+        )
+    total = sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))
+    return ConversionReport(
+        out=Path(out),
+        seconds=time.perf_counter() - t0,
+        plan_seconds=plan_seconds,
+        bytes_written=total,
+        bpw_all_in=plan["totals"]["bpw_all_in"],
+        bpw_codes=plan["totals"]["bpw_codes"],
+        tensors=len(source.tensors()),
+    )
+
+
+def _open(src: str | Path, method: Method, tune: TuneOptions | None) -> ModelSource:
+    """The source as mlx-lm's model holds it, after every refusal that does not need the
+    weights: a family jang does not convert, and the paths GPTQ and tuning do not handle
+    yet."""
+    source = open_source(src)
+    try:
+        require_supported(source.config)
+        arch = detect(source.config, [i.name for i in source.tensors()])
+    except ArchError as exc:
+        raise ConversionError(str(exc)) from None
+    if arch.moe and method.calibrated:
+        raise ConversionError(f"--method {method.name} does not handle MoE experts yet; use clip")
+    if arch.moe and tune is not None:
+        raise ConversionError("--tune does not handle MoE experts yet")
+    return mlx_view(source)
+
+
+def _make_plan(source: ModelSource, src, profile: str | None, bits: float | None):
+    from jang import plan as planner
+    from jang.plan.errors import default_cache_path
+
+    return planner.make_plan(
+        source.config,
+        [(i.name, i.shape) for i in source.tensors()],
+        source.read_fresh,
+        profile=profile,
+        bits=bits,
+        cache=default_cache_path(),
+        source=str(src),
+    )
+
+
+def _output_dtype(source: ModelSource):
+    """Float dtype for scales, biases and unquantized tensors: the source's 16-bit type,
+    bf16 where the source is fp32/GGUF (fp16 can overflow on real weights)."""
+    import mlx.core as mx
+
+    declared = str(source.config.get("torch_dtype") or source.config.get("dtype") or "")
+    return mx.float16 if "float16" in declared and "bfloat16" not in declared else mx.bfloat16
+
+
+def _write(
+    source: ModelSource,
+    out: Path,
+    plan: dict[str, Any],
+    dtype,
+    method: Method,
+    debias: bool,
+    rounded: dict[str, Any],
+    floats: dict[str, Any],
+    dropped: set[str],
+    renamed: dict[str, str],
+    manifest: dict[str, Any],
+    force: bool,
+    progress: str,
+) -> None:
+    """Read, round (unless `rounded` holds the tensor already) and write every tensor, then
+    the config, tokenizer and manifest; the bundle appears at `out` only when complete."""
+    import mlx.core as mx
+
+    infos = source.tensors()
+    entries = plan["tensors"]
+    missing = [i.name for i in infos if i.name not in entries]
+    if missing:
+        raise ConversionError(
+            f"the plan has no entry for {missing[0]} (plan made for another model?)"
+        )
+    experts = layout.expert_groups(infos, entries, source.config.get("model_type"))
+    presanitize = layout.presanitized(source, experts)
+    pending: dict[str, list[tuple[int, Any, Any, Any]]] = {}
+    float_modules: list[str] = []
+    meter = Progress(sum(i.nbytes for i in infos), progress)
+    try:
+        with BundleWriter(out, force=force) as writer:
+            for info in infos:
+                entry = entries[info.name]
+                if info.name in dropped:
+                    meter.step(info.name, info.nbytes)
+                    continue
+                w = q = s = b = arr = None  # the previous tensor goes before the next is read
+                w = source.read_fresh(info.name)
+                _check_finite(info.name, w)
+                src_meta = {
+                    "names": [info.name],
+                    "dtype": info.dtype,
+                    "sha256": source.checksum(info.name),
+                }
+                if entry["quantized"]:
+                    if entry.get("transposed"):
+                        raise ConversionError(
+                            f"{info.name}: transposed expert layouts are not supported yet"
+                        )
+                    module = info.name.removesuffix(".weight")
+                    if module in rounded:
+                        q, s, b = (
+                            a.astype(dtype) if a.dtype != mx.uint32 else a
+                            for a in rounded.pop(module)
+                        )
+                    else:
+                        q, s, b = quantize_rows(
+                            w, dtype, entry["bits"], entry["group_size"], method.name, debias
+                        )
+                    mx.eval(q, s, b)
+                    if info.name in experts:
+                        target, index, count = experts[info.name]
+                        group = pending.setdefault(target, [])
+                        group.append((index, q, s, b, src_meta))
+                        if len(group) == count:
+                            layout.write_experts(
+                                writer, target, pending.pop(target), entry, info.shape
+                            )
+                    else:
+                        module = renamed.get(info.name, info.name).removesuffix(".weight")
+                        writer.add_quantized(
+                            module,
+                            q,
+                            s,
+                            b,
+                            bits=entry["bits"],
+                            group_size=entry["group_size"],
+                            shape=info.shape,
+                            source=src_meta,
+                            extra={"role": entry.get("role"), "error": entry.get("error")},
+                        )
+                else:
+                    if info.name in experts:
+                        raise ConversionError(
+                            f"{info.name}: unquantized experts are not supported yet"
+                        )
+                    if info.name in floats:
+                        w = mx.array(floats.pop(info.name))
+                    if info.name in presanitize:
+                        w = presanitize[info.name](w)
+                    arr = w.astype(dtype) if mx.issubdtype(w.dtype, mx.floating) else w
+                    mx.eval(arr)
+                    name = renamed.get(info.name, info.name)
+                    writer.add_float(name, arr, source=src_meta)
+                    if name.endswith(".weight") and len(info.shape) == 2:
+                        float_modules.append(name.removesuffix(".weight"))
+                meter.step(info.name, info.nbytes)
+            if pending:
+                raise ConversionError(f"incomplete expert groups: {', '.join(sorted(pending))}")
+            config = dict(source.config)
+            quant = quantization_config(writer.tensors, float_modules)
+            config["quantization"] = quant
+            config["quantization_config"] = quant
+            config["torch_dtype"] = str(dtype).removeprefix("mlx.core.")
+            w = q = s = b = arr = None
+            trim_memory()  # the tokenizer build starts from the floor, not the loop's high water
+            source.write_tokenizer(writer.tmp)
+            writer.finish(config, manifest)
+    except KeyboardInterrupt:
+        raise ConversionError(f"interrupted; nothing was written to {out}") from None
+    except OSError as exc:
+        raise ConversionError(
+            f"{exc.strerror or exc} ({exc.filename or out}); nothing was written to {out}"
+        ) from exc
+    finally:
+        meter.close()
+
+
+def _check_finite(name: str, w) -> None:
+    """Refuse a NaN or Inf weight, naming the tensor and its first bad row: quantized it
+    zeroes or poisons its group, and kept in float it silently breaks the model."""
+    import mlx.core as mx
+
+    if not mx.issubdtype(w.dtype, mx.floating) or w.ndim == 0:
+        return
+    finite = mx.isfinite(w)
+    if mx.all(finite).item():
+        return
+    rows = mx.all(finite.reshape(-1, w.shape[-1]), axis=-1)
+    row = int(mx.argmin(rows).item())
+    where = f"row {row}" if w.ndim > 1 else "its values"
+    raise ConversionError(f"{name}: {where} holds NaN or Inf; the source model is damaged")

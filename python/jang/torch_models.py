@@ -1,0 +1,116 @@
+"""transformers models built from a source: the float reference that tuning trains against
+and evaluation compares with (the counterpart of `jang.mlx_models`).
+
+torch and transformers are needed only here and where these models are used (the ``eval``
+extra), never by the runtime. Everything runs in float32 on the best device torch sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jang.formats import SizeStats
+
+_DROP_KEYS = ("quantization", "quantization_config")
+
+
+def device() -> str:
+    """The torch device evaluation runs on: cuda or mps when present, else cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def build_model(config: dict[str, Any]):
+    """An empty float32 transformers causal LM for an HF-layout `config` dict."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from jang.config import normalize_config
+
+    cfg = {k: v for k, v in normalize_config(config).items() if k not in _DROP_KEYS}
+    model_type = cfg.pop("model_type")
+    hf_config = AutoConfig.for_model(model_type, **cfg)
+    return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+
+
+# VLM text towers with no causal-LM class of their own -> the family that runs them on text
+# (Qwen2-VL's multimodal RoPE is plain RoPE when every position id is a text position)
+_TEXT_TOWER_LM = {"qwen2_vl_text": "qwen2", "qwen2_5_vl_text": "qwen2"}
+# a VLM container's text-tower prefixes -> the causal LM's
+_TOWER_PREFIXES = (
+    ("model.language_model.", "model."),
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+)
+
+
+def causal_lm_view(
+    config: dict[str, Any], names: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The causal LM that holds a model's text: (its config, {source name: its name}).
+
+    A plain causal LM maps to itself. A VLM container maps to its text tower, built as a
+    causal LM of the tower's config, with the container's prefixes removed and the vision
+    tower left out (what tuning needs: the text model, the same tensors)."""
+    from jang.arch import is_vision, text_config
+
+    if not isinstance(config.get("text_config"), dict):
+        return config, {n: n for n in names}
+    lm_config = {k: v for k, v in text_config(config).items() if k != "vision_config"}
+    model_type = lm_config.get("model_type", "")
+    lm_config["model_type"] = _TEXT_TOWER_LM.get(model_type, model_type)
+    mapped = {}
+    for name in names:
+        if not is_vision(name):
+            prefix = next((p for p in _TOWER_PREFIXES if name.startswith(p[0])), ("", ""))
+            mapped[name] = prefix[1] + name.removeprefix(prefix[0])
+    return lm_config, mapped
+
+
+def source_tensors_of(source) -> tuple[dict[str, np.ndarray], SizeStats]:
+    """`source_tensors` of an opened `jang.source.ModelSource`."""
+    import mlx.core as mx
+
+    size = SizeStats()
+    out = {}
+    for info in source.tensors():
+        out[info.name] = np.array(source.read(info.name).astype(mx.float32))
+        size.add_float(info.shape)
+    size.file_bytes = 2 * (size.float_matrix_params + size.other_params)
+    return out, size
+
+
+def load_tensors(model, tensors: dict[str, np.ndarray], config: dict[str, Any]):
+    """Load `tensors` into `model`; return it on the evaluation device, in eval mode.
+
+    Every model parameter must be provided, except a tied output head.
+    """
+    import torch
+
+    state = {}
+    expected = model.state_dict()
+    for name, arr in tensors.items():
+        if name not in expected:
+            if name.endswith("rotary_emb.inv_freq"):
+                continue
+            raise KeyError(f"tensor {name} has no place in {type(model).__name__}")
+        if tuple(arr.shape) != tuple(expected[name].shape):
+            raise ValueError(f"{name}: shape {arr.shape}, model expects {expected[name].shape}")
+        state[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    missing = [k for k in expected if k not in state]
+    tied = config.get("tie_word_embeddings", True)
+    if missing and not (tied and missing == ["lm_head.weight"]):
+        raise KeyError(f"missing tensors: {', '.join(missing[:5])}")
+    model.load_state_dict(state, strict=False, assign=True)
+    if tied and "lm_head.weight" in missing:
+        model.tie_weights()
+    model.to(device())
+    model.eval()
+    return model
