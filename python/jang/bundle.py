@@ -37,6 +37,7 @@ import numpy as np
 from jang.config import encode_floats
 from jang.data import sha256_file
 from jang.errors import BundleError
+from jang.formats import BITS, GROUP_SIZES
 
 FORMAT = "jang"
 FORMAT_VERSION = 1
@@ -56,6 +57,14 @@ ST_DTYPES = {
     "I64": (np.int64, 8),
     "BOOL": (np.bool_, 1),
 }
+
+
+def st_dtype(array) -> str:
+    """The safetensors dtype tag of an MLX array ("BF16", ...), or its dtype name."""
+    name = str(array.dtype).removeprefix("mlx.core.")
+    return _MX_TO_ST.get(name, name)
+
+
 _MX_TO_ST = {
     "float32": "F32",
     "float16": "F16",
@@ -91,6 +100,18 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def tensor_checksum(data) -> str:
+    """The per-tensor checksum a manifest records (``xxh3`` in each array record): xxHash's
+    XXH3-64 of the stored bytes, chosen by measurement (bench/checksum_speed.py, RESULTS.md:
+    22.7 GB/s on this 2-core machine, 7x zlib's crc32 and 16x sha256), so that plain
+    `validate` and `jang.load(verify=True)` re-hash a bundle in well under a second per GB.
+    Not cryptographic: it catches corruption, not tampering (`validate --deep` re-hashes the
+    shards with sha256)."""
+    import xxhash
+
+    return xxhash.xxh3_64(data).hexdigest()
+
+
 class ShardWriter:
     """One safetensors file written as tensors arrive, header filled in at close."""
 
@@ -100,6 +121,7 @@ class ShardWriter:
         self._f.seek(HEADER_RESERVE)
         self._pos = 0  # bytes of data written
         self.entries: dict[str, dict[str, Any]] = {}
+        self.checksums: dict[str, str] = {}  # name -> tensor_checksum of its bytes
         self._deferred: list[tuple[str, str, np.ndarray]] = []
 
     @property
@@ -117,7 +139,9 @@ class ShardWriter:
             self._write(name, tag, raw)
 
     def _write(self, name: str, tag: str, raw: np.ndarray) -> None:
-        self._f.write(memoryview(raw.reshape(-1)).cast("B"))
+        data = memoryview(raw.reshape(-1)).cast("B")
+        self._f.write(data)
+        self.checksums[name] = tensor_checksum(data)
         self.entries[name] = {
             "dtype": tag,
             "shape": list(raw.shape),
@@ -372,6 +396,7 @@ class BundleWriter:
                     nbytes=entry["data_offsets"][1] - entry["data_offsets"][0],
                     shape=entry["shape"],
                     dtype=entry["dtype"],
+                    xxh3=shard.checksums[name],
                 )
             shard_info.append({"file": final, "sha256": sha256_file(self.tmp / final)})
         if n > 1:
@@ -385,6 +410,11 @@ class BundleWriter:
             "format_version": FORMAT_VERSION,
             **manifest,
             "shards": shard_info,
+            "files": {  # config and tokenizer: validate reports an edit since conversion
+                f.name: tensor_checksum(f.read_bytes())
+                for f in sorted(self.tmp.iterdir())
+                if f.is_file() and f.suffix != ".safetensors"
+            },
             "tensors": self.tensors,
         }
         self.add_file(MANIFEST, json.dumps(full, indent=1))
@@ -410,15 +440,19 @@ class BundleWriter:
 
 
 def read_manifest(path: Path | str) -> dict[str, Any]:
-    """The bundle's jang.json, checked for format and version."""
+    """The bundle's jang.json, checked for format, version and structure (every tensor entry
+    and array record has the fields and types readers rely on), so that no reader trips on a
+    damaged manifest: each problem is a BundleError naming the file and the entry."""
     path = Path(path)
     file = path / MANIFEST
     if not file.is_file():
         raise BundleError(f"{path}: no {MANIFEST} (not a jang bundle)")
     try:
         manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise BundleError(f"{file}: invalid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{file}: not a JSON object")
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{file}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -426,7 +460,62 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
             f"{file}: format_version {manifest.get('format_version')} is not supported "
             f"by this jang (reads version {FORMAT_VERSION})"
         )
+    problem = _structure_problem(manifest)
+    if problem:
+        raise BundleError(f"{file}: {problem}")
     return manifest
+
+
+# field -> the types it must have, for the records readers index
+_SHARD_FIELDS = {"file": str}
+_ENTRY_FIELDS = {"quantized": bool, "shape": list, "arrays": dict}
+_RECORD_FIELDS = {
+    "name": str,
+    "shard": str,
+    "offset": int,
+    "nbytes": int,
+    "shape": list,
+    "dtype": str,
+}
+_QUANT_FIELDS = {"bits": int, "group_size": int}
+
+
+def _wrong_fields(obj: Any, fields: dict[str, type]) -> str | None:
+    if not isinstance(obj, dict):
+        return "is not an object"
+    for name, kind in fields.items():
+        value = obj.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"has no valid {name!r} ({value!r})"
+        if kind is list and not all(isinstance(d, int) and d >= 0 for d in value):
+            return f"has a {name!r} that is not a list of sizes ({value!r})"
+    return None
+
+
+def _structure_problem(manifest: dict[str, Any]) -> str | None:
+    """The first entry of a manifest that readers could not index, said plainly."""
+    shards, tensors = manifest.get("shards"), manifest.get("tensors")
+    if not isinstance(shards, list) or not isinstance(tensors, dict):
+        return "needs a 'shards' list and a 'tensors' object"
+    for i, shard in enumerate(shards):
+        if (why := _wrong_fields(shard, _SHARD_FIELDS)) is not None:
+            return f"shard {i} {why}"
+    for key, entry in tensors.items():
+        quantized = isinstance(entry, dict) and entry.get("quantized")
+        fields = {**_ENTRY_FIELDS, **(_QUANT_FIELDS if quantized else {})}
+        if (why := _wrong_fields(entry, fields)) is not None:
+            return f"tensor {key} {why}"
+        if quantized and entry.get("mode", "affine") != "affine":
+            return f"tensor {key} has mode {entry.get('mode')!r}; jang writes 'affine'"
+        if quantized and (entry["bits"] not in BITS or entry["group_size"] not in GROUP_SIZES):
+            return (
+                f"tensor {key} is {entry['bits']}-bit with group size {entry['group_size']}; "
+                f"supported: bits {BITS}, group sizes {GROUP_SIZES}"
+            )
+        for suffix, rec in entry["arrays"].items():
+            if (why := _wrong_fields(rec, _RECORD_FIELDS)) is not None:
+                return f"tensor {key}, array {suffix} {why}"
+    return None
 
 
 def read_header(shard: Path) -> tuple[dict[str, Any], int]:
@@ -446,16 +535,25 @@ def read_header(shard: Path) -> tuple[dict[str, Any], int]:
     if not isinstance(header, dict):
         raise BundleError(f"{shard}: header is not a JSON object")
     header.pop("__metadata__", None)
+    for name, entry in header.items():
+        why = _wrong_fields(entry, {"dtype": str, "shape": list, "data_offsets": list})
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if why is None and (len(offsets) != 2 or offsets[0] > offsets[1]):
+            why = f"has data_offsets {offsets} that are not [begin, end]"
+        if why is not None:
+            raise BundleError(f"{shard}: corrupt header: tensor {name} {why}")
     return header, 8 + n
 
 
-def validate(path: Path | str, deep: bool = False) -> list[str]:
+def validate(path: Path | str, deep: bool = False, checksums: bool = True) -> list[str]:
     """Every problem found in a bundle (empty list: valid).
 
-    Checks the manifest against each shard (presence, dtype, shape, offset,
-    bounds, no stray tensors), the quantized shapes against bits and group size,
-    config.json's quantization dict against the manifest, and the tokenizer.
-    `deep` also re-hashes the shards against the manifest's sha256.
+    Checks the manifest against each shard (presence, dtype, shape, offset, bounds, no stray
+    tensors), the quantized shapes against bits and group size, config.json's quantization
+    dict against the manifest, and the tokenizer; with `checksums` (the default) every
+    tensor's bytes against its recorded checksum (`tensor_checksum`, GB/s). `deep` also
+    re-hashes the shards against the manifest's sha256. A shard that cannot be read is one
+    problem, not one per tensor in it.
     """
     path = Path(path)
     try:
@@ -464,37 +562,81 @@ def validate(path: Path | str, deep: bool = False) -> list[str]:
         return [str(exc)]
     problems: list[str] = []
     headers: dict[str, tuple[dict[str, Any], int, int]] = {}
+    unreadable: set[str] = set()
     for shard in manifest.get("shards", []):
         file = path / shard["file"]
         if not file.is_file():
             problems.append(f"{file}: shard is missing")
+            unreadable.add(shard["file"])
             continue
         try:
             header, start = read_header(file)
         except BundleError as exc:
             problems.append(str(exc))
+            unreadable.add(shard["file"])
             continue
         headers[shard["file"]] = (header, start, file.stat().st_size)
         if deep and sha256_file(file) != shard.get("sha256"):
             problems.append(f"{file}: sha256 differs from the manifest (file changed or corrupt)")
     seen: set[tuple[str, str]] = set()
     for key, entry in manifest.get("tensors", {}).items():
-        problems += _check_entry(key, entry, headers, seen)
+        problems += _check_entry(key, entry, headers, seen, unreadable)
     for file, (header, _, _) in headers.items():
         for name in header:
             if (file, name) not in seen:
                 problems.append(f"{path / file}: tensor {name} is not in the manifest")
-    problems += _check_config(path, manifest)
+    if checksums and not problems:  # the bytes only mean something where the layout holds
+        problems += checksum_problems(path, manifest)
+    problems += config_problems(path, manifest)
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         problems.append(f"{path}: no tokenizer (tokenizer.json or tokenizer.model)")
     return problems
 
 
-def _check_entry(key, entry, headers, seen) -> list[str]:
+def checksum_problems(path: Path | str, manifest: dict[str, Any]) -> list[str]:
+    """Every tensor whose stored bytes differ from its manifest checksum, and the config and
+    tokenizer files that changed since the conversion, one line each (the bundle's layout must already be
+    valid). Bundles written before checksums pass."""
+    import mmap
+
+    path = Path(path)
+    problems = []
+    files = manifest.get("files")
+    for name, recorded in sorted(files.items() if isinstance(files, dict) else []):
+        file = path / str(name)
+        if not isinstance(recorded, str) or file.parent != path or not file.is_file():
+            continue  # a missing config or tokenizer is reported on its own
+        if tensor_checksum(file.read_bytes()) != recorded:
+            problems.append(f"{file}: changed since the conversion (its checksum differs)")
+    by_shard: dict[str, list[dict[str, Any]]] = {}
+    for entry in manifest.get("tensors", {}).values():
+        for rec in entry.get("arrays", {}).values():
+            if isinstance(rec.get("xxh3"), str):
+                by_shard.setdefault(rec["shard"], []).append(rec)
+    for shard, records in sorted(by_shard.items()):
+        with open(path / shard, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            view = memoryview(m)
+            try:
+                for rec in records:
+                    data = view[rec["offset"] : rec["offset"] + rec["nbytes"]]
+                    if tensor_checksum(data) != rec["xxh3"]:
+                        problems.append(
+                            f"{path / shard}: tensor {rec['name']}: bytes differ from the "
+                            "manifest's checksum (file changed or corrupt)"
+                        )
+                    data.release()
+            finally:
+                view.release()
+    return problems
+
+
+def _check_entry(key, entry, headers, seen, unreadable) -> list[str]:
     problems = []
     for suffix, rec in entry.get("arrays", {}).items():
         name = rec.get("name", f"{key}.{suffix}")
         where = f"{rec.get('shard')}: tensor {name}"
+        if rec.get("shard") in unreadable:
+            continue  # reported once, for the shard
         if rec.get("shard") not in headers:
             problems.append(f"{where}: shard not found")
             continue
@@ -528,6 +670,8 @@ def _check_quantized_shapes(key: str, entry: dict[str, Any]) -> list[str]:
     arrays = entry.get("arrays", {})
     if set(arrays) != {"weight", "scales", "biases"}:
         return [f"{key}: quantized entry needs weight, scales and biases"]
+    if len(entry["shape"]) < 2:
+        return [f"{key}: a quantized matrix needs a shape of 2 or more dimensions"]
     in_dim = entry["shape"][-1]
     w, s = arrays["weight"].get("shape", []), arrays["scales"].get("shape", [])
     problems = []
@@ -538,14 +682,18 @@ def _check_quantized_shapes(key: str, entry: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _check_config(path: Path, manifest: dict[str, Any]) -> list[str]:
-    file = path / "config.json"
+def config_problems(path: Path | str, manifest: dict[str, Any]) -> list[str]:
+    """config.json against the manifest: present, JSON, and a quantization dict that gives
+    every quantized module the manifest's bits and group size (what stock mlx-lm reads)."""
+    file = Path(path) / "config.json"
     if not file.is_file():
         return [f"{path}: no config.json"]
     try:
         config = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8
         return [f"{file}: invalid JSON ({exc})"]
+    if not isinstance(config, dict):
+        return [f"{file}: not a JSON object"]
     quant = config.get("quantization")
     if not isinstance(quant, dict):
         return [f"{file}: no quantization dict (stock mlx_lm.load would not quantize)"]

@@ -13,6 +13,7 @@ def generate(
     *,
     max_tokens: int = 64,
     temp: float = 0.0,
+    top_p: float = 1.0,
     chat: bool = False,
     kernels: bool = True,
     stream: IO[str] | None = None,
@@ -32,7 +33,11 @@ def generate(
         )
     text, last = [], None
     for response in stream_generate(
-        model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(temp=temp)
+        model,
+        tokenizer,
+        prompt,
+        max_tokens=max_tokens,
+        sampler=make_sampler(temp=temp, top_p=top_p),
     ):
         text.append(response.text)
         if stream is not None:

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jang.bundle import MANIFEST, BundleError, read_manifest
+from jang.bundle import (
+    MANIFEST,
+    BundleError,
+    read_manifest,
+    st_dtype,
+    validate,
+)
 from jang.config import normalize_config
 from jang.mlx_models import build_model
 
@@ -74,23 +80,32 @@ def load(
     path: str | Path,
     *,
     kernels: bool = True,
+    verify: bool = False,
     return_stats: bool = False,
 ):
     """Load a bundle as ``(model, tokenizer)`` (plus `LoadStats` if `return_stats`).
 
     `kernels=False` keeps stock MLX quantized matmuls (for comparisons); with
-    `kernels=True` jang's CPU kernels replace them where the extension has them.
+    `kernels=True` jang's CPU kernels replace them where the extension has them. A jang
+    bundle's config.json and shard headers are always checked against its manifest;
+    `verify=True` also re-hashes every tensor against its recorded checksum (GB/s).
     """
     from mlx_lm.utils import load_tokenizer
 
-    model, config, stats = load_model(path, kernels=kernels)
+    model, config, stats = load_model(path, kernels=kernels, verify=verify)
     start = time.perf_counter()
-    tokenizer = load_tokenizer(Path(path).expanduser(), eos_token_ids=config.get("eos_token_id"))
+    path = Path(path).expanduser()
+    try:
+        tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    except Exception as exc:  # tokenizers and transformers raise bare Exceptions
+        names = [f for f in ("tokenizer.json", "tokenizer.model") if (path / f).is_file()]
+        what = ", ".join(names) or "no tokenizer.json or tokenizer.model"
+        raise BundleError(f"{path}: the tokenizer does not load ({what}): {exc}") from None
     stats.seconds += time.perf_counter() - start
     return (model, tokenizer, stats) if return_stats else (model, tokenizer)
 
 
-def load_model(path: str | Path, *, kernels: bool = True):
+def load_model(path: str | Path, *, kernels: bool = True, verify: bool = False):
     """The model alone: ``(model, config, LoadStats)`` (see `load`)."""
     import mlx.core as mx
     import mlx.nn as nn
@@ -102,8 +117,16 @@ def load_model(path: str | Path, *, kernels: bool = True):
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
         raise BundleError(f"{path}: no config.json (not a model bundle)")
-    config = normalize_config(load_config(path))
+    try:
+        config = load_config(path)
+    except (ValueError, OSError) as exc:  # not JSON, not UTF-8, unreadable
+        raise BundleError(f"{path / 'config.json'}: cannot be read ({exc})") from None
+    if not isinstance(config, dict):
+        raise BundleError(f"{path / 'config.json'}: not a JSON object")
+    config = normalize_config(config)
     manifest = read_manifest(path) if (path / MANIFEST).is_file() else None
+    if manifest is not None:  # every file against the manifest (and the bytes with verify)
+        _refuse(path, validate(path, checksums=verify))
     per_module, fmt = _module_quantization(config, manifest, path)
     default = config.get("quantization") if isinstance(config.get("quantization"), dict) else {}
 
@@ -135,14 +158,19 @@ def load_model(path: str | Path, *, kernels: bool = True):
             raise BundleError(f"{path}: {module_path} has scales but no manifest entry")
         return _infer_affine(module_path, module, weights)
 
-    if per_module or any(k.endswith(".scales") for k in weights):
-        nn.quantize(
-            model,
-            group_size=default.get("group_size", 64),
-            bits=default.get("bits", 4),
-            class_predicate=predicate,
-        )
-    model.load_weights(list(weights.items()), strict=True)
+    try:
+        if per_module or any(k.endswith(".scales") for k in weights):
+            nn.quantize(
+                model,
+                group_size=default.get("group_size", 64),
+                bits=default.get("bits", 4),
+                class_predicate=predicate,
+            )
+        model.load_weights(list(weights.items()), strict=True)
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:  # "does not fit"
+        raise BundleError(
+            f"{path / 'config.json'} does not describe the stored weights: {exc}"
+        ) from None
     mx.eval(model.parameters())
     model.eval()
     if kernels:
@@ -163,17 +191,25 @@ def _infer_affine(module_path: str, module, weights: dict[str, Any]) -> dict[str
     }
 
 
+def _refuse(path: Path, problems: list[str]) -> None:
+    """One BundleError for the first problem (and how many more there are)."""
+    if problems:
+        more = f" (and {len(problems) - 1} more: jang validate {path})" if len(problems) > 1 else ""
+        raise BundleError(problems[0] + more)
+
+
 def _check_against_manifest(weights: dict[str, Any], manifest: dict[str, Any], path: Path) -> None:
+    """Every array the manifest records is in the shards with its shape and dtype."""
     for key, entry in manifest["tensors"].items():
         for suffix, rec in entry["arrays"].items():
             name = rec.get("name", f"{key}.{suffix}")
             array = weights.get(name)
             if array is None:
                 raise BundleError(f"{path}: {name} is in the manifest but not in {rec['shard']}")
-            if list(array.shape) != list(rec["shape"]):
+            if list(array.shape) != list(rec["shape"]) or st_dtype(array) != rec["dtype"]:
                 raise BundleError(
-                    f"{path}: {name} has shape {list(array.shape)} in {rec['shard']}, "
-                    f"manifest says {rec['shape']}"
+                    f"{path}: {name} is {st_dtype(array)} {list(array.shape)} in "
+                    f"{rec['shard']}, the manifest says {rec['dtype']} {rec['shape']}"
                 )
 
 

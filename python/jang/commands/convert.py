@@ -99,13 +99,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--json-progress",
         action="store_true",
-        help="JSON lines on stdout: one per tensor written, per tuning step and per log message",
+        help="JSON lines on stdout: one per tensor written, per tuning step and per log message, "
+        "and an error event on failure",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from jang import data
     from jang.convert import convert
+    from jang.errors import JangError
     from jang.progress import emit_event
 
     mode = "quiet" if args.quiet else "json" if args.json_progress else "bar"
@@ -116,7 +118,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    src = data.resolve_model(args.src, quiet=mode != "bar")
 
     def say(msg: str) -> None:
         if mode == "bar":
@@ -126,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
     _interrupt_on_termination()
     try:
+        src = data.resolve_model(args.src, quiet=mode != "bar")
         plan = _read_plan(args.plan) if args.plan else None
         report = convert(
             src,
@@ -141,8 +143,15 @@ def run(args: argparse.Namespace) -> int:
             progress=mode,
             log=say,
         )
+    except JangError as exc:  # printed by the command line; scripts get an event too
+        if mode == "json":
+            emit_event("error", message=str(exc))
+        raise
     except KeyboardInterrupt:  # before any bundle file was written (planning, GPTQ, tuning)
-        print(f"jang convert: interrupted; nothing was written to {args.out}", file=sys.stderr)
+        message = f"interrupted; nothing was written to {args.out}"
+        if mode == "json":
+            emit_event("error", message=message)
+        print(f"jang convert: {message}", file=sys.stderr)
         return 130
     summary = {
         "out": str(report.out),

@@ -12,6 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--prompt", required=True, help="prompt text")
     parser.add_argument("-n", "--max-tokens", type=int, default=64, help="tokens to generate")
     parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    parser.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling mass with --temp (1: off)"
+    )
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     parser.add_argument("--stock", action="store_true", help="stock MLX kernels, not jang's")
 
@@ -24,6 +27,8 @@ def _bad_arguments(args: argparse.Namespace) -> str | None:
         return "-p/--prompt is empty; give the text to continue"
     if not args.temp >= 0:
         return f"--temp must be 0 (greedy) or positive, got {args.temp}"
+    if not 0 < args.top_p <= 1:
+        return f"--top-p must be in (0, 1], got {args.top_p}"
     return None
 
 
@@ -39,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         args.prompt,
         max_tokens=args.max_tokens,
         temp=args.temp,
+        top_p=args.top_p,
         chat=args.chat,
         kernels=not args.stock,
         stream=sys.stdout,

@@ -4,12 +4,14 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "check a bundle against its manifest (exit 1 with the problems if any)"
+HELP = "check a bundle against its manifest and checksums (exit 1 with the problems if any)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--deep", action="store_true", help="also re-hash every shard")
+    parser.add_argument(
+        "--deep", action="store_true", help="also re-hash every shard with sha256 (slower)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from jang import __version__
 from jang.arch import detect, require_supported
 from jang.bundle import BundleWriter, claim_output, quantization_config
@@ -27,7 +29,7 @@ from jang.errors import ArchError, ConversionError
 from jang.mlx_view import mlx_view
 from jang.progress import Progress
 from jang.quant.methods import DEFAULT_METHOD, Calibration, Method, TuneOptions, get_method
-from jang.quant.tensor import quantize_rows
+from jang.quant.tensor import QUANT_BLOCK, quantize_rows
 from jang.source import ModelSource, open_source, trim_memory
 
 
@@ -218,7 +220,7 @@ def _write(
                     continue
                 w = q = s = b = arr = None  # the previous tensor goes before the next is read
                 w = source.read_fresh(info.name)
-                _check_finite(info.name, w)
+                _check_finite(info.name, w, quantized=entry["quantized"])
                 src_meta = {
                     "names": [info.name],
                     "dtype": info.dtype,
@@ -240,6 +242,7 @@ def _write(
                             w, dtype, entry["bits"], entry["group_size"], method.name, debias
                         )
                     mx.eval(q, s, b)
+                    _check_parameters(info.name, s, b, dtype)
                     if info.name in experts:
                         target, index, count = experts[info.name]
                         group = pending.setdefault(target, [])
@@ -298,17 +301,58 @@ def _write(
         meter.close()
 
 
-def _check_finite(name: str, w) -> None:
+# A quantized weight more than this many times the typical row's largest magnitude (the
+# median over rows) is damage, not training: the largest trained outliers known ("super
+# weights") sit within about 100x of their tensor's typical row peak. In its group such a
+# value sets the scale so wide that every other weight of the group rounds to one code.
+MAX_OUTLIER = 1e4
+
+
+def _check_finite(name: str, w, quantized: bool = False) -> None:
     """Refuse a NaN or Inf weight, naming the tensor and its first bad row: quantized it
-    zeroes or poisons its group, and kept in float it silently breaks the model."""
+    zeroes or poisons its group, and kept in float it silently breaks the model. A
+    quantized weight also may not exceed MAX_OUTLIER x the median of its rows' peaks."""
     import mlx.core as mx
 
     if not mx.issubdtype(w.dtype, mx.floating) or w.ndim == 0:
         return
     finite = mx.isfinite(w)
-    if mx.all(finite).item():
+    if not mx.all(finite).item():
+        rows = mx.all(finite.reshape(-1, w.shape[-1]), axis=-1)
+        row = int(mx.argmin(rows).item())
+        where = f"row {row}" if w.ndim > 1 else "its values"
+        raise ConversionError(f"{name}: {where} holds NaN or Inf; the source model is damaged")
+    if not quantized:
         return
-    rows = mx.all(finite.reshape(-1, w.shape[-1]), axis=-1)
-    row = int(mx.argmin(rows).item())
-    where = f"row {row}" if w.ndim > 1 else "its values"
-    raise ConversionError(f"{name}: {where} holds NaN or Inf; the source model is damaged")
+    rows = w.reshape(-1, w.shape[-1])
+    step = max(1, QUANT_BLOCK // rows.shape[-1])  # float32 copies stay block-sized
+    peaks = []
+    for r0 in range(0, rows.shape[0], step):
+        peak = mx.max(mx.abs(rows[r0 : r0 + step].astype(mx.float32)), axis=-1)
+        peaks.append(np.array(peak))
+    peak = np.concatenate(peaks)
+    typical = float(np.median(peak))
+    row = int(np.argmax(peak))
+    if peak[row] > MAX_OUTLIER * typical:
+        raise ConversionError(
+            f"{name}: row {row} holds {peak[row]:.3g}, {peak[row] / max(typical, 1e-30):.3g}x "
+            f"the typical row's largest value ({typical:.3g}); no trained weight is that far "
+            "out (the source model is damaged), and it would zero the rest of its "
+            "quantization group"
+        )
+
+
+def _check_parameters(name: str, scales, biases, dtype) -> None:
+    """Refuse scales or biases that overflow the bundle's dtype (a float16 bundle of a
+    tensor with very large values): the stored group would decode to Inf or NaN."""
+    import mlx.core as mx
+
+    finite = mx.isfinite(scales) & mx.isfinite(biases)
+    if not mx.all(finite).item():
+        rows = mx.all(finite.reshape(-1, finite.shape[-1]), axis=-1)
+        row = int(mx.argmin(rows).item())
+        raise ConversionError(
+            f"{name}: row {row}: its quantization scale or bias overflows "
+            f"{str(dtype).removeprefix('mlx.core.')}; the tensor's values are too large for "
+            "the bundle's dtype"
+        )
