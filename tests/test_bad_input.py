@@ -16,21 +16,9 @@ import pytest
 import jang
 from jang import cli, convert
 from jang.bundle import BundleError, read_manifest, validate
-from tiny_model import make_model_dir, tiny_config, tiny_weights, write_tokenizer
+from tiny_model import tiny_config, tiny_weights, write_tokenizer
 
 TOKENS = [[1, 5, 9, 33, 70, 100, 2, 7]]
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp("src") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def converted(source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("out") / "bundle"
-    convert.convert(source, out, bits=3.0, method="rtn", progress="quiet")
-    return out
 
 
 @pytest.fixture
@@ -342,7 +330,7 @@ def test_fuzzed_bundles_are_refused_or_load_correctly(converted, tmp_path):
     assert any(o["load_True"] == "refused" for o in outcomes)
 
 
-def test_disk_full_while_writing_a_shard_leaves_nothing(source, tmp_path, monkeypatch):
+def test_disk_full_while_writing_a_shard_leaves_nothing(model_dir, tmp_path, monkeypatch):
     from jang import bundle
 
     real, calls = bundle.ShardWriter._write, []
@@ -356,5 +344,5 @@ def test_disk_full_while_writing_a_shard_leaves_nothing(source, tmp_path, monkey
     monkeypatch.setattr(bundle.ShardWriter, "_write", full)
     out = tmp_path / "out"
     with pytest.raises(convert.ConversionError, match=r"No space left on device.*nothing was"):
-        convert.convert(source, out, bits=3.0, method="rtn", progress="quiet")
+        convert.convert(model_dir, out, bits=3.0, method="rtn", progress="quiet")
     assert list(tmp_path.iterdir()) == []  # no temp dir, no temp shard

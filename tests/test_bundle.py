@@ -28,18 +28,6 @@ np.save(sys.argv[2], np.array(model(mx.array({TOKENS})).astype(mx.float32)))
 """
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp("src") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def converted(model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("out") / "bundle"
-    convert.convert(model_dir, out, bits=3.0, method="rtn", progress="quiet")
-    return out
-
-
 def jang_logits(path, **kwargs):
     model, _ = jang.load(path, **kwargs)
     return np.array(model(mx.array(TOKENS)).astype(mx.float32))
