@@ -346,3 +346,12 @@ def test_disk_full_while_writing_a_shard_leaves_nothing(model_dir, tmp_path, mon
     with pytest.raises(convert.ConversionError, match=r"No space left on device.*nothing was"):
         convert.convert(model_dir, out, bits=3.0, method="rtn", progress="quiet")
     assert list(tmp_path.iterdir()) == []  # no temp dir, no temp shard
+
+
+def test_float_tensors_beyond_float16_are_refused(tmp_path):
+    config = {**tiny_config(), "torch_dtype": "float16"}
+    weights = {k: v.astype(mx.float32) for k, v in tiny_weights(config).items()}
+    weights["model.norm.weight"] = weights["model.norm.weight"] * 0 + 1e5  # kept in float
+    src = write_source(tmp_path / "src", weights, config)
+    with pytest.raises(convert.ConversionError, match=r"model\.norm\.weight: holds values beyond"):
+        convert.convert(src, tmp_path / "o", bits=4.5, method="rtn", progress="quiet")

@@ -275,6 +275,12 @@ def _write(
                         w = presanitize[info.name](w)
                     arr = w.astype(dtype) if mx.issubdtype(w.dtype, mx.floating) else w
                     mx.eval(arr)
+                    if arr.dtype != w.dtype and not mx.all(mx.isfinite(arr)).item():
+                        raise ConversionError(
+                            f"{info.name}: holds values beyond the range of "
+                            f"{str(dtype).removeprefix('mlx.core.')}, the bundle's dtype (the "
+                            "source's config asks for it); they would be stored as Inf"
+                        )
                     name = renamed.get(info.name, info.name)
                     writer.add_float(name, arr, source=src_meta)
                     if name.endswith(".weight") and len(info.shape) == 2:
