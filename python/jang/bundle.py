@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from jang.config import encode_floats
 from jang.data import sha256_file
@@ -57,12 +58,6 @@ ST_DTYPES = {
     "I64": (np.int64, 8),
     "BOOL": (np.bool_, 1),
 }
-
-
-def st_dtype(array) -> str:
-    """The safetensors dtype tag of an MLX array ("BF16", ...), or its dtype name."""
-    name = str(array.dtype).removeprefix("mlx.core.")
-    return _MX_TO_ST.get(name, name)
 
 
 _MX_TO_ST = {
@@ -107,8 +102,6 @@ def tensor_checksum(data) -> str:
     `validate` and `jang.load(verify=True)` re-hash a bundle in well under a second per GB.
     Not cryptographic: it catches corruption, not tampering (`validate --deep` re-hashes the
     shards with sha256)."""
-    import xxhash
-
     return xxhash.xxh3_64(data).hexdigest()
 
 
@@ -545,7 +538,12 @@ def read_header(shard: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
-def validate(path: Path | str, deep: bool = False, checksums: bool = True) -> list[str]:
+def validate(
+    path: Path | str,
+    deep: bool = False,
+    checksums: bool = True,
+    manifest: dict[str, Any] | None = None,
+) -> list[str]:
     """Every problem found in a bundle (empty list: valid).
 
     Checks the manifest against each shard (presence, dtype, shape, offset, bounds, no stray
@@ -553,13 +551,14 @@ def validate(path: Path | str, deep: bool = False, checksums: bool = True) -> li
     dict against the manifest, and the tokenizer; with `checksums` (the default) every
     tensor's bytes against its recorded checksum (`tensor_checksum`, GB/s). `deep` also
     re-hashes the shards against the manifest's sha256. A shard that cannot be read is one
-    problem, not one per tensor in it.
+    problem, not one per tensor in it. `manifest`: the one `read_manifest` returned already.
     """
     path = Path(path)
-    try:
-        manifest = read_manifest(path)
-    except BundleError as exc:
-        return [str(exc)]
+    if manifest is None:
+        try:
+            manifest = read_manifest(path)
+        except BundleError as exc:
+            return [str(exc)]
     problems: list[str] = []
     headers: dict[str, tuple[dict[str, Any], int, int]] = {}
     unreadable: set[str] = set()

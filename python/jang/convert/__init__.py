@@ -317,25 +317,30 @@ MAX_OUTLIER = 1e4
 def _check_finite(name: str, w, quantized: bool = False) -> None:
     """Refuse a NaN or Inf weight, naming the tensor and its first bad row: quantized it
     zeroes or poisons its group, and kept in float it silently breaks the model. A
-    quantized weight also may not exceed MAX_OUTLIER x the median of its rows' peaks."""
+    quantized weight also may not exceed MAX_OUTLIER x the median of its rows' peaks.
+    One pass over blocks of rows, so the float32 temporaries stay block-sized."""
     import mlx.core as mx
 
     if not mx.issubdtype(w.dtype, mx.floating) or w.ndim == 0:
         return
-    finite = mx.isfinite(w)
-    if not mx.all(finite).item():
-        rows = mx.all(finite.reshape(-1, w.shape[-1]), axis=-1)
-        row = int(mx.argmin(rows).item())
-        where = f"row {row}" if w.ndim > 1 else "its values"
+    rows = w.reshape(-1, w.shape[-1])
+    step = max(1, QUANT_BLOCK // rows.shape[-1])
+    finite, peaks = [], []
+    for r0 in range(0, rows.shape[0], step):
+        block = rows[r0 : r0 + step]
+        parts = [mx.all(mx.isfinite(block), axis=-1)]
+        if quantized:
+            parts.append(mx.max(mx.abs(block.astype(mx.float32)), axis=-1))
+        mx.eval(*parts)
+        finite.append(np.array(parts[0]))
+        if quantized:
+            peaks.append(np.array(parts[1]))
+    finite = np.concatenate(finite)
+    if not finite.all():
+        where = f"row {int(np.argmin(finite))}" if w.ndim > 1 else "its values"
         raise ConversionError(f"{name}: {where} holds NaN or Inf; the source model is damaged")
     if not quantized:
         return
-    rows = w.reshape(-1, w.shape[-1])
-    step = max(1, QUANT_BLOCK // rows.shape[-1])  # float32 copies stay block-sized
-    peaks = []
-    for r0 in range(0, rows.shape[0], step):
-        peak = mx.max(mx.abs(rows[r0 : r0 + step].astype(mx.float32)), axis=-1)
-        peaks.append(np.array(peak))
     peak = np.concatenate(peaks)
     typical = float(np.median(peak))
     row = int(np.argmax(peak))
