@@ -96,7 +96,7 @@ def public_jang_venv(cache: Path) -> Path:
 
 def build_public(hf: Path, out: Path, profile: str, cache: Path) -> None:
     venv = public_jang_venv(cache.parent)
-    cmd = [str(venv / "bin" / "jang"), "convert", str(hf), "-o", str(out), "-p", profile]
+    cmd = [str(venv / "bin" / "jang"), "convert", str(hf), "-o", str(out), "--profile", profile]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"public jang failed: {res.stderr.strip()[-500:]}")
@@ -239,35 +239,20 @@ def _order(r: dict) -> tuple:
 
 
 def plot(model: str, results: list[dict], dest: Path) -> None:
-    import matplotlib
+    from jang.plots import Series, kl_vs_bpw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    families: dict[str, list[dict]] = {}
+    families: dict[str, Series] = {}
     for r in results:
-        if r.get("kl") and r["group"] != "base":
-            families.setdefault(r["family"], []).append(r)
-    for fam, rs in sorted(families.items()):
-        rs.sort(key=lambda r: r["bpw_all_in"])
-        x = [r["bpw_all_in"] for r in rs]
-        y = [r["kl"] for r in rs]
-        if fam == "public jang":  # fixed profiles, not a series: points with their names
-            ax.plot(x, y, "D", label=fam, markersize=5)
-            for r in rs:
-                ax.annotate(r["name"].split()[-1], (r["bpw_all_in"], r["kl"]), fontsize=7)
+        if not r.get("kl") or r["group"] == "base":
             continue
-        style = "-o" if fam.startswith("jang") else "--s"
-        ax.plot(x, y, style, label=fam, markersize=4)
-    ax.set_yscale("log")
-    ax.set_xlabel("bits per weight (all-in: codes + scales + biases + bf16 matrices)")
-    ax.set_ylabel("KL(P_ref || P_quant) per token")
-    ax.set_title(f"{model}: KL vs size")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(dest, dpi=110)
+        fam = r["family"]
+        if fam not in families:
+            if fam == "public jang":  # fixed profiles, not a series: points with their names
+                families[fam] = Series(fam, style="D", named=True)
+            else:
+                families[fam] = Series(fam, style="-o" if fam.startswith("jang") else "--s")
+        families[fam].points.append((r["bpw_all_in"], r["kl"], r["name"].split()[-1]))
+    kl_vs_bpw([families[f] for f in sorted(families)], f"{model}: KL vs size", dest)
 
 
 # ------------------------------------------------------------------ main ----

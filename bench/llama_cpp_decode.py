@@ -2,7 +2,7 @@
 against llama.cpp on the same machine, in one run, same prompt, same number of tokens.
 
 Rows:
-  jang bundles     `jang convert smollm2 -p JANG_2S` and `-p JANG_4K` (method rtn; rounding
+  jang bundles     `jang convert smollm2 --profile JANG_2S` and `--profile JANG_4K` (method rtn; rounding
                    does not change speed), loaded with `jang.load`; each decoded with jang's
                    kernels and with stock MLX (`use_jang_kernels(model, enabled=False)`)
   uniform-4        the GGUF's weights quantized in-process with `nn.quantize` at 4 bits, gs 64
@@ -146,7 +146,7 @@ def convert(profile: str, work: Path) -> Path:
     out = work / f"smollm2-{profile}"
     if not (out / "config.json").is_file():
         cmd = [sys.executable, "-m", "jang", "convert", "smollm2", "-o", str(out)]
-        subprocess.run([*cmd, "-p", profile, "--method", "rtn", "--quiet"], check=True)
+        subprocess.run([*cmd, "--profile", profile, "--method", "rtn", "--quiet"], check=True)
     return out
 
 

@@ -27,7 +27,7 @@ TUNE = ["--tune", "--tune-epochs", "1", "--tune-samples", "4", "--calib-seq-len"
 # name -> convert arguments after SRC
 METHODS: dict[str, list[str]] = {
     "rtn-3.0": ["--bits", "3.0", "--method", "rtn"],
-    "rtn-2S": ["-p", "JANG_2S", "--method", "rtn"],
+    "rtn-2S": ["--profile", "JANG_2S", "--method", "rtn"],
     "clip-4.5": ["--bits", "4.5", "--method", "clip"],
     "clip-nodebias-2.5": ["--bits", "2.5", "--method", "clip", "--no-debias"],
     "gptq-3.0": ["--bits", "3.0", "--method", "gptq", *CALIB],

@@ -32,7 +32,7 @@ def test_convert_json_progress_and_refusal(tiny_bundle, capsys):
             str(src),
             "-o",
             str(out),
-            "-p",
+            "--profile",
             "JANG_2S",
             "--method",
             "rtn",
@@ -44,7 +44,10 @@ def test_convert_json_progress_and_refusal(tiny_bundle, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[-1]["event"] == "done" and lines[-1]["bytes"] > 0
     assert {line["event"] for line in lines} == {"log", "tensor", "done"}
-    assert lines[0]["event"] == "log" and lines[0]["message"].startswith("plan: ")
+    # the request said in words first (tier names are not sizes), then the plan's size
+    assert lines[0]["event"] == "log"
+    assert lines[0]["message"].startswith("profile JANG_2S: fixed widths per tier")
+    assert lines[1]["event"] == "log" and lines[1]["message"].startswith("plan: ")
     assert (
         cli.main(
             [
@@ -90,7 +93,11 @@ def test_inspect(tiny_bundle, capsys):
     _, out = tiny_bundle
     assert cli.main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "bits per layer" in text and "mlp_down" in text and "bpw" in text
+    assert "mlp_down" in text and "bpw" in text
+    # the summary by default; the per-layer rows behind a flag
+    assert "bits per layer" not in text and "--layers prints" in text
+    assert cli.main(["inspect", str(out), "--layers"]) == 0
+    assert "bits per layer" in capsys.readouterr().out
 
 
 def test_generate(tiny_bundle, capsys):

@@ -17,13 +17,14 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("jang", "jang._version", "jang._ext", "jang.errors", "jang.formats",
               "jang.tables", "jang.progress")),
     ("input", ("jang.config", "jang.data", "jang.text", "jang.arch", "jang.gguf_file",
-               "jang.source", "jang.mlx_models", "jang.mlx_view", "jang.torch_models")),
+               "jang.source", "jang.provenance", "jang.mlx_models", "jang.mlx_view",
+               "jang.torch_models")),
     ("plan", ("jang.plan.*", "jang.estimate")),
     ("quant", ("jang.quant.*",)),
-    ("bundle", ("jang.bundle", "jang.public_bundle", "jang.summary")),
+    ("bundle", ("jang.bundle", "jang.public_bundle", "jang.summary", "jang.card")),
     ("convert", ("jang.convert.*",)),
     ("runtime", ("jang.runtime", "jang.kernels", "jang.generate")),
-    ("evaluate", ("jang.engines", "jang.evaluate")),
+    ("evaluate", ("jang.engines", "jang.evaluate", "jang.plots")),
     ("app", ("jang.cli", "jang.__main__", "jang.commands.*", "jang.doctor")),
 ]  # fmt: skip
 # the one import that runs against the flow on purpose: `jang.load`, the public shortcut

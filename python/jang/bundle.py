@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from jang.formats import BITS, GROUP_SIZES
 FORMAT = "jang"
 FORMAT_VERSION = 1
 MANIFEST = "jang.json"
+CARD = "README.md"  # the model card (`jang.card`)
 PAGE = 4096
 HEADER_RESERVE = 64 * 1024
 DEFAULT_SHARD_BYTES = 2 * 1024**3
@@ -367,8 +368,14 @@ class BundleWriter:
 
     # ------------------------------------------------------------- finish ----
 
-    def finish(self, config: dict[str, Any], manifest: dict[str, Any]) -> Path:
-        """Close shards, write config.json and jang.json, move the bundle into place."""
+    def finish(
+        self,
+        config: dict[str, Any],
+        manifest: dict[str, Any],
+        card: Callable[[dict[str, Any]], str] | None = None,
+    ) -> Path:
+        """Close shards, write config.json, jang.json and the model card (`card` renders
+        README.md from the full manifest), move the bundle into place."""
         if not self._shards:
             raise BundleError("no tensors were written")
         n = len(self._shards)
@@ -411,6 +418,8 @@ class BundleWriter:
             "tensors": self.tensors,
         }
         self.add_file(MANIFEST, json.dumps(full, indent=1))
+        if card is not None:  # not checksummed: `jang card` rewrites it after an eval
+            self.add_file(CARD, card(full))
         return self._move_into_place()
 
     def _move_into_place(self) -> Path:

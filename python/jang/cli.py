@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jang._version import __version__
+from jang.commands import HelpFormatter
 from jang.errors import JangError
 
 DESCRIPTION = """\
@@ -23,6 +24,7 @@ Typical flow:
   jang convert smollm2 -o sm --bits 3.5    convert it (mixed precision, 3.5 bpw all-in)
   jang inspect sm                          bits per role and layer
   jang eval sm --ref smollm2               KL, perplexity and size against the source
+  jang card sm                             put the measured numbers in the model card
   jang generate sm -p "Once upon a time"   text, with tok/s
 """
 
@@ -38,6 +40,7 @@ COMMANDS = (
     "inspect",
     "validate",
     "eval",
+    "card",
 )
 
 
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=module.HELP,
             description=getattr(module, "DESCRIPTION", module.HELP),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=getattr(module, "EPILOG", None),
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(p)
         p.set_defaults(func=module.run)

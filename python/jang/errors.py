@@ -48,3 +48,23 @@ class BundleError(JangError, ValueError):
 
 class ConversionError(JangError, RuntimeError):
     """A conversion failed; nothing was written to the output path."""
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs an optional extra's packages into this environment.
+
+    Spelled out from the installed package's own metadata, so it works however jang was
+    installed (a wheel, a checkout, an editable install), where ``jang[extra]`` would
+    only work for an index that serves jang.
+    """
+    import importlib.metadata as metadata
+
+    marker = f'extra == "{extra}"'
+    try:
+        requires = metadata.requires("jang") or []
+    except metadata.PackageNotFoundError:
+        requires = []
+    packages = [r.split(";")[0].strip() for r in requires if marker in r]
+    if not packages:
+        return f"pip install 'jang[{extra}]'"
+    return "pip install " + " ".join(f"'{p}'" for p in packages)

@@ -1,6 +1,6 @@
 """Size estimates without weights: a parameter count -> a typical llama-like dense shape.
 
-``jang estimate 70B -p JANG_2S`` needs tensor shapes, not values. For a bare parameter count
+``jang estimate 70B --profile JANG_2S`` needs tensor shapes, not values. For a bare parameter count
 we assume a Llama-family dense decoder (SwiGLU MLP, grouped-query attention, RMSNorm) and take
 the width, MLP size, heads and vocabulary of the nearest well-known model of that class
 (table below), then choose the layer count that lands on the requested total. Models up to 3B

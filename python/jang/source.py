@@ -109,6 +109,10 @@ class ModelSource:
         """Write the tokenizer (and generation config) files into `dest`; return their names."""
         raise NotImplementedError
 
+    def weight_files(self) -> list[Path]:
+        """The files the weights are read from."""
+        raise NotImplementedError
+
     @property
     def num_parameters(self) -> int:
         return sum(int(np.prod(i.shape)) for i in self._infos.values())
@@ -326,6 +330,9 @@ class SafetensorsSource(ModelSource):
                 w *= scale[r0:r1, None]
             bits[r0:r1] = np.array(mx.array(w).astype(mx.bfloat16).view(mx.uint16), copy=False)
         return out
+
+    def weight_files(self) -> list[Path]:
+        return [f.path for f in self._files]
 
     def write_tokenizer(self, dest: Path) -> list[str]:
         written = []
@@ -643,6 +650,9 @@ class GGUFSource(ModelSource):
     def _release(self, name: str, start: int, stop: int) -> None:
         part = self._by_hf[name]
         self._file.release(part.start + start, part.start + stop)
+
+    def weight_files(self) -> list[Path]:
+        return [self.path]
 
     def write_tokenizer(self, dest: Path) -> list[str]:
         from transformers import PreTrainedTokenizerFast

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,54 +30,96 @@ def _numel(entry: dict[str, Any]) -> int:
     return n
 
 
-def describe(path: Path, manifest: dict[str, Any], by_layer: bool = True) -> str:
-    """Size, bits per weight and per-role / per-layer bit tables of a bundle."""
-    tensors = manifest["tensors"]
-    roles: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # params, bytes, tensors
-    role_bits: dict[str, set[str]] = defaultdict(set)
-    layers: dict[int, dict[str, str]] = defaultdict(dict)
-    q_params = q_bytes = q_code_bits = f_bytes = 0
-    for key, entry in tensors.items():
-        role = _role(key, entry)
+@dataclass
+class RoleSizes:
+    """Parameters, bytes and widths of one role's tensors in a bundle."""
+
+    params: int = 0
+    nbytes: int = 0
+    tensors: int = 0
+    widths: set[str] = field(default_factory=set)  # "4b/g64", or the dtype of a float tensor
+
+
+@dataclass
+class BundleSizes:
+    """What a bundle's bytes are made of, by role and by layer (from its manifest)."""
+
+    roles: dict[str, RoleSizes]
+    layers: dict[int, dict[str, str]]  # layer -> {module: bits}
+    q_params: int = 0
+    q_bytes: int = 0
+    q_code_bits: int = 0
+    f_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.q_bytes + self.f_bytes
+
+    @property
+    def bpw_all_in(self) -> float:
+        """Bits per quantized weight, counting the quantized matrices' scales and biases."""
+        return 8 * self.q_bytes / self.q_params
+
+    @property
+    def bpw_codes(self) -> float:
+        return self.q_code_bits / self.q_params
+
+
+def sizes(manifest: dict[str, Any]) -> BundleSizes:
+    """Tally a manifest's tensors by role and layer."""
+    out = BundleSizes(defaultdict(RoleSizes), defaultdict(dict))
+    for key, entry in manifest["tensors"].items():
+        role = out.roles[_role(key, entry)]
         n, b = _numel(entry), _nbytes(entry)
-        roles[role][0] += n
-        roles[role][1] += b
-        roles[role][2] += 1
-        label = (
-            f"{entry['bits']}b/g{entry['group_size']}"
-            if entry.get("quantized")
-            else entry.get("dtype", "float")
+        role.params += n
+        role.nbytes += b
+        role.tensors += 1
+        quantized = bool(entry.get("quantized"))
+        role.widths.add(
+            f"{entry['bits']}b/g{entry['group_size']}" if quantized else entry.get("dtype", "float")
         )
-        role_bits[role].add(label)
-        if entry.get("quantized"):
-            q_params += n
-            q_bytes += b
-            q_code_bits += n * entry["bits"]
+        if quantized:
+            out.q_params += n
+            out.q_bytes += b
+            out.q_code_bits += n * entry["bits"]
             m = _LAYER.search(key + ".")
             if m:
-                layers[int(m.group(1))][key.rsplit(".", 1)[-1]] = f"{entry['bits']}"
+                out.layers[int(m.group(1))][key.rsplit(".", 1)[-1]] = f"{entry['bits']}"
         else:
-            f_bytes += b
-    total = q_bytes + f_bytes
+            out.f_bytes += b
+    return out
+
+
+def describe(path: Path, manifest: dict[str, Any], by_layer: bool = True) -> str:
+    """Size, bits per weight and per-role / per-layer bit tables of a bundle."""
+    t = sizes(manifest)
     lines = [
         f"bundle   {path}",
         f"source   {manifest.get('source', {}).get('path')}",
         f"method   {manifest.get('method')}   plan {manifest.get('plan', {}).get('request', {}).get('profile')}",
-        f"size     {total / 1e6:.2f} MB ({q_bytes / 1e6:.2f} MB quantized, {f_bytes / 1e6:.2f} MB float)",
+        f"size     {t.total_bytes / 1e6:.2f} MB ({t.q_bytes / 1e6:.2f} MB quantized, "
+        f"{t.f_bytes / 1e6:.2f} MB float)",
     ]
-    if q_params:
-        all_in = 8 * (q_bytes + f_bytes) / q_params
+    if t.q_params:
         lines.append(
-            f"bpw      {8 * q_bytes / q_params:.3f} quantized matrices all-in, "
-            f"{q_code_bits / q_params:.3f} codes only, {all_in:.3f} incl. float tensors"
+            f"bpw      {t.bpw_all_in:.3f} quantized matrices all-in, {t.bpw_codes:.3f} codes "
+            f"only, {8 * t.total_bytes / t.q_params:.3f} incl. float tensors"
         )
     rows = [
-        [role, ", ".join(sorted(role_bits[role])), v[2], f"{v[0] / 1e6:.2f}M", f"{v[1] / 1e6:.2f}"]
-        for role, v in sorted(roles.items(), key=lambda kv: -kv[1][1])
+        [
+            role,
+            ", ".join(sorted(r.widths)),
+            r.tensors,
+            f"{r.params / 1e6:.2f}M",
+            f"{r.nbytes / 1e6:.2f}",
+        ]
+        for role, r in sorted(t.roles.items(), key=lambda kv: -kv[1].nbytes)
     ]
     lines += ["", "\n".join(text_table(["role", "bits", "tensors", "params", "MB"], rows))]
-    if by_layer and layers:
-        cols = sorted({c for layer in layers.values() for c in layer})
-        rows = [[i] + [layers[i].get(c, "-") for c in cols] for i in sorted(layers)]
+    if by_layer and t.layers:
+        cols = sorted({c for layer in t.layers.values() for c in layer})
+        rows = [[i] + [t.layers[i].get(c, "-") for c in cols] for i in sorted(t.layers)]
         lines += ["", "bits per layer", "\n".join(text_table(["layer", *cols], rows))]
+    elif t.layers:
+        lines += ["", f"({len(t.layers)} layers: --layers prints the bits of each)"]
     return "\n".join(lines)

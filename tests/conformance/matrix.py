@@ -256,7 +256,7 @@ def run_family(model_type: str, work: Path) -> dict[str, Outcome]:
     def plan_all() -> str:
         names = [*profiles.PROFILES, *profiles.BUDGET_PROFILES]
         for name in names:
-            cli("plan", src, "-p", name, "-o", work / "plan.json", "--quiet")
+            cli("plan", src, "--profile", name, "-o", work / "plan.json", "--quiet")
         for bits in BUDGETS:
             cli("plan", src, "--bits", bits, "-o", work / "plan.json", "--quiet")
         return f"{len(names)} profiles, {len(BUDGETS)} budgets"

@@ -30,7 +30,7 @@ def test_llama_like_hits_the_count(n):
 
 
 def test_estimate_command(capsys):
-    assert cli.main(["estimate", "70B", "-p", "JANG_2S", "--bits", "3.5"]) == 0
+    assert cli.main(["estimate", "70B", "--profile", "JANG_2S", "--bits", "3.5"]) == 0
     out = capsys.readouterr().out
     assert "Llama-3.1-70B" in out and "JANG_2S" in out and "3.500" in out
     row = next(line for line in out.splitlines() if line.startswith("JANG_2S"))
@@ -39,7 +39,7 @@ def test_estimate_command(capsys):
 
 
 def test_estimate_bad_input(capsys):
-    assert cli.main(["estimate", "lots", "-p", "JANG_2S"]) == 1
+    assert cli.main(["estimate", "lots", "--profile", "JANG_2S"]) == 1
     assert "not a parameter count" in capsys.readouterr().err
 
 
@@ -65,13 +65,42 @@ def test_plan_command(tiny_model, tmp_path, capsys):
     assert "attn_v" in text and "layer" in text and str(out) in text
     plan = json.loads(out.read_text())
     assert plan["totals"]["bpw_all_in"] <= 3.5 and cache.is_file()
-    assert cli.main(["plan", str(tiny_model), "-p", "JANG_4M", "-o", str(out), "--quiet"]) == 0
+    assert (
+        cli.main(["plan", str(tiny_model), "--profile", "JANG_4M", "-o", str(out), "--quiet"]) == 0
+    )
     assert json.loads(out.read_text())["request"]["tiers"] == [8, 4, 4]
+
+
+def test_plan_writes_nothing_unless_asked(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache" / "c.json"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli.main(["plan", str(tiny_model), "--profile", "JANG_2S", "--cache", str(cache)]) == 0
+    text = capsys.readouterr().out
+    # the request in words (tier names are not sizes), a summary and no per-layer rows
+    assert "JANG_2S: fixed widths per tier" in text and "bits per layer" not in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "cache"])
+    assert "written" not in text
+
+
+def test_short_p_means_prompt_everywhere(tiny_model, capsys):
+    """-p is generate's --prompt; in plan/convert/estimate it says what to write instead."""
+    for argv in (
+        ["plan", str(tiny_model), "-p", "JANG_2S"],
+        ["convert", str(tiny_model), "-o", "x", "-p", "JANG_2S"],
+        ["estimate", "1B", "-p", "JANG_2S"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2
+        assert (
+            "-p is --prompt (jang generate); here write --profile NAME" in capsys.readouterr().err
+        )
 
 
 def test_plan_command_errors(tiny_model, tmp_path, capsys):
     out = str(tmp_path / "p.json")
     assert cli.main(["plan", str(tiny_model), "--bits", "2.1", "-o", out, "--no-cache"]) == 1
     assert "smallest plan" in capsys.readouterr().err
-    assert cli.main(["plan", str(tiny_model), "-p", "JANG_3M", "--prior", "bogus=2"]) == 1
+    assert cli.main(["plan", str(tiny_model), "--profile", "JANG_3M", "--prior", "bogus=2"]) == 1
     assert "ROLE=WEIGHT" in capsys.readouterr().err

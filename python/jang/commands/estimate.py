@@ -3,34 +3,39 @@
 import argparse
 import sys
 
+from jang.commands import BITS_HELP, PROFILE_HELP, PROFILES_EXPLAINED, add_profile
+
 HELP = "size estimates without weights"
 DESCRIPTION = (
     "Estimate the size of a model under JANG profiles without reading weights. MODEL is a "
     "parameter count (70B, 1.5B, 135M: a llama-like dense shape is assumed, see "
-    "jang.estimate) or a model path (HF dir, safetensors, GGUF: exact shapes from headers). "
+    "jang.estimate), a model path (HF dir, safetensors, GGUF: exact shapes from headers) or "
+    "a `jang data` model (smollm2, gemma3). "
     "Tier profiles are exact; budget profiles (JANG_nK, --bits) report their budget."
 )
 
+EPILOG = PROFILES_EXPLAINED
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="parameter count (e.g. 70B) or a model path")
+    parser.add_argument("model", help="parameter count (e.g. 70B), model path or `jang data` name")
+    add_profile(parser, PROFILE_HELP + "; repeatable, default: all", action="append")
     parser.add_argument(
-        "-p", "--profile", action="append", help="profile (repeatable; default: all of them)"
+        "--bits", type=float, action="append", metavar="X", help=BITS_HELP + "; repeatable"
     )
-    parser.add_argument("--bits", type=float, action="append", help="all-in bits per weight")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from jang import estimate
+    from jang import data, estimate
     from jang.plan import profiles
 
     try:
-        if Path(args.model).exists():
+        model = data.resolve_model(args.model, quiet=True)
+        if model.exists():
             from jang.source import open_source
 
-            src = open_source(args.model)
+            src = open_source(model)
             config, tensors = src.config, [(i.name, i.shape) for i in src.tensors()]
             desc = f"{args.model}"
         else:

@@ -17,7 +17,13 @@ the `eval` extra); --engine mlx runs jang's MLX runtime (slow on CPU)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, help="bundle directory (or a source, for ppl alone)")
+    parser.add_argument(
+        "bundles",
+        type=Path,
+        nargs="+",
+        metavar="BUNDLE",
+        help="bundle directory (or a source, for ppl alone); several are compared in one table",
+    )
     parser.add_argument(
         "--ref",
         type=Path,
@@ -35,43 +41,95 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mc-limit", type=int, help="score a fixed random subset of N questions")
     parser.add_argument("--engine", choices=("torch", "mlx"), default="torch")
-    parser.add_argument("--json", type=Path, help="write the result as JSON here")
+    parser.add_argument(
+        "--json", type=Path, help="write the result as JSON here (a list for several bundles)"
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="draw KL against bits per weight for the bundles (PNG/SVG/PDF; needs --ref)",
+    )
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not add the result to BUNDLE/eval.json (which `jang card` puts on the card)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from jang import data
+    from jang.errors import install_hint
     from jang.evaluate import evaluate, format_table
 
+    if args.plot and not args.ref:
+        print("jang eval: error: --plot draws KL, which needs --ref", file=sys.stderr)
+        return 2
     try:
         ref = data.resolve_model(args.ref, quiet=True) if args.ref else None
-        result = evaluate(
-            args.bundle,
-            ref,
-            engine=args.engine,
-            text_file=args.text,
-            dataset=args.dataset,
-            windows=args.windows,
-            length=args.length,
-            mc=args.mc,
-            mc_limit=args.mc_limit,
-        )
+        results, recorded = [], []
+        for bundle in args.bundles:
+            result = evaluate(
+                bundle,
+                ref,
+                engine=args.engine,
+                text_file=args.text,
+                dataset=args.dataset,
+                windows=args.windows,
+                length=args.length,
+                mc=args.mc,
+                mc_limit=args.mc_limit,
+            )
+            results.append(result)
+            if ref is not None and not args.no_record and (bundle / "jang.json").is_file():
+                if _record(bundle, result):
+                    recorded.append(bundle)
     except ImportError as exc:
         print(
-            f"jang eval: error: {exc} (install the eval extra: pip install 'jang[eval]')",
+            f"jang eval: error: {exc} (install the eval extra: {install_hint('eval')})",
             file=sys.stderr,
         )
         return 1
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"jang eval: error: {exc}", file=sys.stderr)
         return 1
-    row = {"name": args.bundle.name, **result}
-    print(format_table([row]))
+    print(format_table([{"name": b.name, **r} for b, r in zip(args.bundles, results, strict=True)]))
+    first = results[0]
     print(
-        f"[{result['windows']} windows x {result['length']} tokens, {result['text']}, "
-        f"engine {result['engine']}, {result['seconds']:.1f} s"
-        + (f"; reference ppl {result['ppl_ref']:.4g}" if "ppl_ref" in result else "")
+        f"[{first['windows']} windows x {first['length']} tokens, {first['text']}, "
+        f"engine {first['engine']}, {sum(r['seconds'] for r in results):.1f} s"
+        + (f"; reference ppl {first['ppl_ref']:.4g}" if "ppl_ref" in first else "")
         + "]"
     )
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    if args.plot:
+        from jang.plots import Series, kl_vs_bpw
+
+        points = [
+            (r["bpw_all_in"], r["kl"], b.name)
+            for b, r in zip(args.bundles, results, strict=True)
+            if r.get("bpw_all_in") and r.get("kl")
+        ]
+        title = f"KL against {Path(str(ref)).name} on {first['text']}"
+        kl_vs_bpw([Series("bundles", points, style="o", named=True)], title, args.plot)
+        print(f"plot written to {args.plot}")
+    for bundle in recorded:
+        print(f"recorded in {bundle / 'eval.json'}; `jang card {bundle}` puts it on the card")
     return 0
+
+
+def _record(bundle: Path, result: dict) -> bool:
+    """Keep the result with the bundle, for its model card; a read-only bundle only warns."""
+    import time
+
+    from jang import __version__
+    from jang.card import record_eval
+
+    entry = {**result, "date": time.strftime("%Y-%m-%d"), "jang_version": __version__}
+    try:
+        record_eval(bundle, entry)
+    except OSError as exc:
+        print(f"note: could not record the result in {bundle}: {exc}", file=sys.stderr)
+        return False
+    return True

@@ -3,36 +3,33 @@
 import argparse
 import sys
 
-HELP = "per-tensor bit allocation for a model"
-DESCRIPTION = (
-    "Plan per-tensor bits and group sizes for a model (HF dir, safetensors or GGUF). "
-    "Tier profiles (JANG_2S ... JANG_6M) assign fixed bits per tier; budget profiles "
-    "(JANG_2K ... JANG_6K = the size of MLX uniform n-bit g64) and --bits X (all-in bits per "
-    "weight) minimise the prior-weighted measured quantization error under that size, "
-    "exactly. Prints a per-role and per-layer summary and writes the plan JSON that "
-    "`jang convert` consumes. Measured errors are cached, so re-planning is instant."
-)
+from jang.commands import PROFILES_EXPLAINED, add_size
+
+HELP = "per-tensor bit allocation for a model (writes nothing unless -o)"
+DESCRIPTION = """\
+Plan per-tensor bits and group sizes for SRC (HF directory, safetensors, GGUF or a
+`jang data` model) and print a per-role summary. A budget (--bits X, or JANG_nK) is
+spent exactly where the measured, prior-weighted error drops most; tier profiles fix
+bits per tier. Measured errors are cached, so re-planning is instant. -o FILE saves the
+plan for `jang convert --plan FILE` (after editing it, if you like).
+"""
+EPILOG = PROFILES_EXPLAINED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="model path, or a `jang data` model (smollm2, gemma3)")
+    add_size(parser)
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the plan JSON here")
     parser.add_argument(
-        "source",
-        help="model: HF directory, .safetensors or .gguf, or a model of `jang data` (smollm2, gemma3)",
-    )
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("-p", "--profile", help="JANG profile name (e.g. JANG_3M, JANG_4K)")
-    which.add_argument("--bits", type=float, help="budget in all-in bits per weight (e.g. 2.5)")
-    parser.add_argument(
-        "-o", "--output", help="plan JSON path (default: <model>.<profile>.plan.json)"
-    )
-    parser.add_argument(
-        "--cache", help="error cache JSON (default: ~/.cache/jang/plan-errors.json)"
+        "--cache",
+        metavar="FILE",
+        help="error cache JSON (default: plan-errors.json in the data directory)",
     )
     parser.add_argument("--no-cache", action="store_true", help="measure errors afresh, keep none")
     parser.add_argument(
         "--sample",
         type=int,
-        default=None,
+        metavar="N",
         help="weights measured per tensor (evenly strided rows; default 131072, 0 = all, exact)",
     )
     parser.add_argument(
@@ -42,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ROLE=WEIGHT",
         help="override a role prior (e.g. lm_head=10, attn_q=1, edge=1); repeatable",
     )
-    parser.add_argument("--no-layers", action="store_true", help="omit the per-layer table")
-    parser.add_argument("--quiet", action="store_true", help="print only the output path")
+    parser.add_argument("--layers", action="store_true", help="also print the per-layer table")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def _priors(items: list[str]) -> dict[str, float]:
@@ -90,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, data.DataError) as exc:
         print(f"jang plan: error: {exc}", file=sys.stderr)
         return 1
-    name = result["request"]["profile"]
-    out = Path(args.output or f"{Path(args.source).name.split('.')[0]}.{name}.plan.json")
-    out.write_text(json.dumps(result, indent=1))
     if not args.quiet:
-        print(summarize(result, by_layer=not args.no_layers))
-    print(f"plan written to {out}")
+        print(summarize(result, by_layer=args.layers))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=1))
+        if not args.quiet:
+            print(f"plan written to {args.output}")
     return 0

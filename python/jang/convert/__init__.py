@@ -21,13 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from jang import __version__
+from jang import __version__, card
 from jang.arch import detect, require_supported
 from jang.bundle import BundleWriter, claim_output, quantization_config
 from jang.convert import calibrated, layout
 from jang.errors import ArchError, ConversionError
 from jang.mlx_view import mlx_view
+from jang.plan.profiles import from_request
 from jang.progress import Progress
+from jang.provenance import license_path, provenance
 from jang.quant.methods import DEFAULT_METHOD, Calibration, Method, TuneOptions, get_method
 from jang.quant.tensor import QUANT_BLOCK, quantize_rows
 from jang.source import ModelSource, open_source, trim_memory
@@ -78,9 +80,18 @@ def convert(
     with claim_output(out, force, [src]):
         t0 = time.perf_counter()
         source = _open(src, spec, tune)
+        origin = provenance(source)
+        if origin.get("quantized"):
+            say(
+                f"source: weights stored as {origin['quantized']}; the bundle re-quantizes "
+                "their dequantized values (a 16-bit source keeps more quality)"
+            )
         if plan is None:
             plan = _make_plan(source, src, profile, bits)
         plan_seconds = time.perf_counter() - t0
+        request = plan.get("request") or {}
+        if request.get("profile"):
+            say(f"profile {from_request(request).describe()}")
         say(
             f"plan: {plan['totals']['bpw_all_in']:.3f} bpw all-in, "
             f"{plan['totals']['bpw_codes']:.3f} codes-only ({plan_seconds:.1f} s)"
@@ -108,6 +119,7 @@ def convert(
                 "path": str(src),
                 "parameters": source.num_parameters,
                 "format": type(source).__name__,
+                **origin,
             },
             "plan": {k: v for k, v in plan.items() if k != "tensors"},
             "summary": dict(plan["totals"]),
@@ -196,7 +208,8 @@ def _write(
     progress: str,
 ) -> None:
     """Read, round (unless `rounded` holds the tensor already) and write every tensor, then
-    the config, tokenizer and manifest; the bundle appears at `out` only when complete."""
+    the config, tokenizer, the source's LICENSE, the manifest and the model card
+    (`jang.card`); the bundle appears at `out` only when complete."""
     import mlx.core as mx
 
     infos = source.tensors()
@@ -296,7 +309,10 @@ def _write(
             w = q = s = b = arr = None
             trim_memory()  # the tokenizer build starts from the floor, not the loop's high water
             source.write_tokenizer(writer.tmp)
-            writer.finish(config, manifest)
+            license_file = license_path(source, manifest["source"])
+            if license_file is not None:
+                writer.add_file(license_file.name, license_file.read_bytes())
+            writer.finish(config, manifest, card=lambda full: card.render(full, out.name))
     except KeyboardInterrupt:
         raise ConversionError(f"interrupted; nothing was written to {out}") from None
     except OSError as exc:

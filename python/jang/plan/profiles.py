@@ -51,9 +51,29 @@ class Profile:
     def kind(self) -> str:
         return "tiers" if self.tiers else "budget"
 
+    def describe(self) -> str:
+        """One line that says what the request means (tier names do not follow size)."""
+        if self.tiers:
+            critical, important, bulk = self.tiers
+            return (
+                f"{self.name}: fixed widths per tier, MLP/experts (most weights) {bulk}-bit, "
+                f"important {important}-bit, critical {critical}-bit (the public JANG tool's "
+                "names: they do not follow size)"
+            )
+        return (
+            f"{self.name}: a {self.bits:.2f} bpw all-in budget, spent where the measured "
+            "error drops most"
+        )
+
     def tier_bits(self, tier: str) -> int:
         assert self.tiers is not None
         return self.tiers[(CRITICAL, IMPORTANT, COMPRESS).index(tier)]
+
+
+def from_request(request: dict) -> Profile:
+    """The Profile a plan's ``request`` record was made from."""
+    tiers = request.get("tiers")
+    return Profile(request["profile"], tuple(tiers) if tiers else None, request.get("bits"))
 
 
 def budget_bits(n: int, group_size: int = DEFAULT_GROUP_SIZE) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from jang.plan.profiles import from_request
 from jang.plan.tiers import TIERS
 from jang.tables import text_table
 
@@ -55,12 +56,7 @@ def summarize(plan: dict[str, Any], by_layer: bool = True) -> str:
         + (", tied embedding" if m["tie_word_embeddings"] else "")
         + (", VLM text tower" if m["vlm"] else "")
         + ")",
-        f"request {req['profile']}"
-        + (
-            f" tiers {tuple(req['tiers'])}"
-            if req["tiers"]
-            else f" budget {req['bits']:g} bpw all-in"
-        ),
+        f"request {from_request(req).describe()}",
         "",
     ]
     quant = [(n, e) for n, e in plan["tensors"].items() if "reason" not in e]

@@ -30,6 +30,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from jang.errors import install_hint
 from jang.quant.groups import QuantizationError
 from jang.quant.methods import TuneOptions
 from jang.quant.packing import pack
@@ -63,7 +64,7 @@ def _torch():
         import transformers  # noqa: F401
     except ImportError as exc:
         raise QuantizationError(
-            f"tuning runs in torch and needs the eval extra (pip install 'jang[eval]'): {exc}"
+            f"tuning runs in torch and needs the eval extra ({install_hint('eval')}): {exc}"
         ) from None
     return torch
 
