@@ -60,7 +60,7 @@ def _matrix(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
 
 def make_model(dest: Path, *, hidden, intermediate, layers, heads, kv_heads, vocab) -> Path:
     """Write a synthetic llama model directory (config, safetensors shards, tokenizer)."""
-    from safetensors.numpy import save_file
+    import mlx.core as mx
 
     if (dest / "config.json").is_file():
         return dest
@@ -113,7 +113,9 @@ def make_model(dest: Path, *, hidden, intermediate, layers, heads, kv_heads, voc
             return
         name = f"model-{len(names) + 1:05d}.safetensors"
         names.append(name)
-        save_file(shard, str(dest / name), metadata={"format": "pt"})
+        arrays = {k: mx.array(v).view(mx.bfloat16) for k, v in shard.items()}
+        mx.save_safetensors(str(dest / name), arrays, metadata={"format": "pt"})
+        del arrays
         weight_map.update({k: name for k in shard})
         shard, size = {}, 0
 
@@ -123,24 +125,11 @@ def make_model(dest: Path, *, hidden, intermediate, layers, heads, kv_heads, voc
         if size >= SHARD_BYTES:
             flush()
     flush()
-    # safetensors.numpy cannot write bf16: rewrite each header's dtype U16 -> BF16 in place
-    for name in names:
-        _mark_bf16(dest / name)
     index = {"metadata": {}, "weight_map": weight_map}
     (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
     (dest / "config.json").write_text(json.dumps(config, indent=1))
     write_tokenizer(dest, vocab)
     return dest
-
-
-def _mark_bf16(path: Path) -> None:
-    with open(path, "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = f.read(n).decode()
-        fixed = header.replace('"dtype":"U16"', '"dtype":"BF16"')
-        assert len(fixed) == len(header)
-        f.seek(8)
-        f.write(fixed.encode())
 
 
 def calib_text(dest: Path, vocab: int, words: int = 400_000) -> Path:

@@ -174,3 +174,61 @@ def test_continuations_are_judged_by_reference_perplexity_and_loops():
     (with_bos,) = ev.continuations(lambda p: " 3 4", tok, ref, prompts=["1 2"], bos=0)
     assert with_bos.ref_ppl == pytest.approx(2.0, rel=1e-6)
     assert ev.judge_continuation(ref, [1], []) == (math.inf, 0.0)
+
+
+def test_top_k_kl_is_a_lower_bound_that_closes_at_the_vocabulary():
+    """KL over the reference's top k plus the rest: exact at k = V, never above the
+    exact KL, and close to it when the rest carries little mass."""
+    rng = np.random.default_rng(3)
+    T, V = 40, 300
+    ids = rng.integers(0, V, T)
+    ref = ev.log_softmax(rng.normal(size=(T, V)) * 4)
+    quant = ev.log_softmax(ev.log_softmax(rng.normal(size=(T, V)) * 4) * 0.7 + ref * 0.3)
+    exact = ev.TokenStats()
+    exact.add(ref, quant, ids)
+    full = exact.summary()
+    previous = 0.0
+    for k in (1, 8, 64, V):
+        stats = ev.TokenStats()
+        stats.add(ev.RefWindow.of(ref, ids, k), quant, ids)
+        got = stats.summary()
+        # grows with k, bounded by the exact KL (to float32 rounding)
+        assert previous * (1 - 1e-5) <= got["kl"] <= full["kl"] * (1 + 1e-5)
+        assert got["ppl_ref"] == pytest.approx(full["ppl_ref"], rel=1e-6)
+        assert got["top1"] == full["top1"]
+        previous = got["kl"]
+    assert previous == pytest.approx(full["kl"], rel=1e-5)
+
+
+def test_eval_holds_one_model_at_a_time(tiny, monkeypatch):
+    """The reference is scored and freed before the bundle is loaded, and scored once for
+    several bundles (`memo`); its float16 log-probs give the exact KL to 1e-3."""
+    import gc
+    import weakref
+
+    src, out, text = tiny
+    loaded, alive = [], []
+    real = ev.load_engine
+
+    def tracking(path, *args, **kwargs):
+        gc.collect()
+        loaded.append((str(path), [r() is not None for r in alive]))
+        result = real(path, *args, **kwargs)
+        alive.append(weakref.ref(result[0]))
+        return result
+
+    monkeypatch.setattr(ev, "load_engine", tracking)
+    memo = {}
+    first = ev.evaluate(out, src, text_file=text, windows=2, length=16, memo=memo)
+    assert [p for p, _ in loaded] == [str(src), str(out)]
+    assert loaded[1][1] == [False]  # the reference's engine was gone when the bundle loaded
+    loaded.clear()
+    again = ev.evaluate(out, src, text_file=text, windows=2, length=16, memo=memo)
+    assert [p for p, _ in loaded] == [str(out)]  # the reference's scores were reused
+    assert again["kl"] == first["kl"] and "kl_top_k" not in first
+    # the two models side by side, float32 throughout: the same KL
+    wins = tx.tokenize_windows(engines.load_tokenizer(out), text.read_text(), 2, 16, first["bos"])
+    both = ev.compare_windows(wins, real(out)[0], ref_engine=real(src)[0])
+    assert first["kl"] == pytest.approx(both["kl"], rel=1e-3)
+    top = ev.evaluate(out, src, text_file=text, windows=2, length=16, top_k=8)
+    assert top["kl_top_k"] == 8 and top["kl"] <= first["kl"] * (1 + 1e-5)

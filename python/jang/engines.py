@@ -15,7 +15,7 @@ Every row of an evaluation runs on one engine kind, so the numbers compare:
 from __future__ import annotations
 
 import glob
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,9 @@ def _shapes(model) -> dict[str, tuple[int, ...]]:
 
 def bundle_tensors(
     path: str | Path, shapes: dict[str, tuple[int, ...]]
-) -> tuple[dict[str, np.ndarray], SizeStats]:
-    """Float32 HF-named tensors of a bundle (quantized matrices dequantized) and its sizes.
+) -> tuple[Mapping[str, np.ndarray], SizeStats]:
+    """Float32 HF-named tensors of a bundle (quantized matrices dequantized, each when it
+    is asked for) and its sizes.
 
     Bits and group size of each quantized matrix follow from the stored shapes and the
     model's expected input width (exact: the packed width and scale count fix both).
@@ -75,14 +76,30 @@ def bundle_tensors(
     for f in files:
         stored.update(mx.load(f))
         size.file_bytes += Path(f).stat().st_size
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Callable[[], np.ndarray]] = {}
+
+    def as_float(arr) -> Callable[[], np.ndarray]:
+        return lambda: np.array(arr.astype(mx.float32))
+
+    def dequantized(arr, scales, biases, group_size: int, bits: int) -> Callable[[], np.ndarray]:
+        # float32 scales: the dequantized weight is s * q + b exactly, not rounded to bf16
+        return lambda: np.array(
+            mx.dequantize(
+                arr,
+                scales.astype(mx.float32),
+                biases.astype(mx.float32),
+                group_size=group_size,
+                bits=bits,
+            ).astype(mx.float32)
+        )
+
     for name, arr in stored.items():
         if name.endswith((".scales", ".biases")):
             continue
         base = name.removesuffix(".weight")
         scales = stored.get(f"{base}.scales")
         if scales is None or not name.endswith(".weight"):
-            out[name] = np.array(arr.astype(mx.float32))
+            out[name] = as_float(arr)
             size.add_float(tuple(arr.shape))
             continue
         if name not in shapes:
@@ -91,18 +108,10 @@ def bundle_tensors(
         bits = arr.shape[-1] * 32 // in_dims
         group_size = in_dims // scales.shape[-1]
         biases = stored[f"{base}.biases"]
-        # float32 scales: the dequantized weight is s * q + b exactly, not rounded to bf16
-        w = mx.dequantize(
-            arr,
-            scales.astype(mx.float32),
-            biases.astype(mx.float32),
-            group_size=group_size,
-            bits=bits,
-        )
-        out[name] = np.array(w.astype(mx.float32))
+        out[name] = dequantized(arr, scales, biases, group_size, bits)
         nbytes = arr.nbytes + scales.nbytes + biases.nbytes
         size.add_quantized(int(np.prod(shapes[name])), bits, int(nbytes))
-    return out, size
+    return torch_models.LazyTensors(out), size
 
 
 def source_tensors(src: str | Path) -> tuple[dict[str, np.ndarray], SizeStats]:
@@ -113,22 +122,31 @@ def source_tensors(src: str | Path) -> tuple[dict[str, np.ndarray], SizeStats]:
     return torch_models.source_tensors_of(open_source(src))
 
 
-def reference_model(path: str | Path, config: dict[str, Any] | None = None):
-    """``(torch model, config, SizeStats)`` for a bundle dir (has quantized tensors) or a
-    source; `config` overrides the bundle's (e.g. the source's, for a bundle that lacks one)."""
+def _is_bundle(path: Path) -> bool:
+    return (
+        path.is_dir() and (path / "config.json").is_file() and any(path.glob("model*.safetensors"))
+    )
+
+
+def model_config(path: str | Path) -> dict[str, Any]:
+    """The config of a bundle directory or a source, without reading any weight."""
     import json
 
     path = Path(path)
-    is_bundle = (
-        path.is_dir() and (path / "config.json").is_file() and any(path.glob("model*.safetensors"))
-    )
-    if config is None:
-        if is_bundle:
-            config = json.loads((path / "config.json").read_text())
-        else:
-            from jang.source import open_source
+    if _is_bundle(path):
+        return json.loads((path / "config.json").read_text())
+    from jang.source import open_source
 
-            config = open_source(path).config
+    return open_source(path).config
+
+
+def reference_model(path: str | Path, config: dict[str, Any] | None = None):
+    """``(torch model, config, SizeStats)`` for a bundle dir (has quantized tensors) or a
+    source; `config` overrides the bundle's (e.g. the source's, for a bundle that lacks one)."""
+    path = Path(path)
+    is_bundle = _is_bundle(path)
+    if config is None:
+        config = model_config(path)
     model = torch_models.build_model(config)
     if is_bundle:
         tensors, size = bundle_tensors(path, _shapes(model))

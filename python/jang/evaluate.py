@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from jang.engines import Engine, load_engine, load_tokenizer
+from jang.engines import Engine, load_engine, load_tokenizer, model_config
 from jang.text import (
     DEFAULT_LENGTH,
     DEFAULT_WINDOWS,
@@ -51,6 +51,57 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+# `jang eval --kl-top-k`'s suggestion: the reference's top K per position and the rest's mass.
+TOP_K = 1024
+
+
+@dataclass
+class RefWindow:
+    """What KL, perplexity and top-1 need of the reference on one window, without its
+    (T, V) log-probs: the top-k log-probs with their token ids (descending), the log of the
+    probability mass outside them, and the log-prob of each next token.
+
+    KL over the top k plus one "rest" outcome is the KL of the coarsened distributions: it
+    never exceeds the exact KL, and falls short of it by p_rest x KL(P_rest || Q_rest), the
+    rest's share times the divergence within it (RESULTS.md measures the gap)."""
+
+    top_ids: np.ndarray  # (T, k) int32
+    top_lp: np.ndarray  # (T, k) float32
+    rest_lp: np.ndarray  # (T,) float32, log(1 - sum of the top k's probabilities)
+    target_lp: np.ndarray  # (T - 1,) float32, log-prob of token t + 1 at position t
+
+    @classmethod
+    def of(cls, logprobs: np.ndarray, ids: np.ndarray, k: int = TOP_K) -> RefWindow:
+        lp = np.asarray(logprobs, dtype=np.float32)
+        k = min(k, lp.shape[-1])
+        top = np.argpartition(-lp, k - 1, axis=-1)[:, :k]
+        top_lp = np.take_along_axis(lp, top, axis=-1)
+        order = np.argsort(-top_lp, axis=-1)
+        top, top_lp = np.take_along_axis(top, order, -1), np.take_along_axis(top_lp, order, -1)
+        rest = -np.expm1(np.logaddexp.reduce(top_lp.astype(np.float64), axis=-1))
+        target = np.asarray(ids)[1:]
+        return cls(
+            top.astype(np.int32),
+            top_lp,
+            np.log(np.maximum(rest, 1e-300)).astype(np.float32),  # -inf-like when k = V
+            lp[np.arange(len(target)), target],
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.top_ids, self.top_lp, self.rest_lp, self.target_lp))
+
+
+def _kl_coarse(ref: RefWindow, lp: np.ndarray) -> np.ndarray:
+    """Per position: KL over the reference's top k and the rest (see `RefWindow`)."""
+    p_top = np.exp(ref.top_lp.astype(np.float64))
+    q_top_lp = np.take_along_axis(lp, ref.top_ids, axis=-1).astype(np.float64)
+    kl = (p_top * (ref.top_lp - q_top_lp)).sum(axis=-1)
+    p_rest = np.exp(ref.rest_lp.astype(np.float64))
+    q_rest = np.maximum(-np.expm1(np.logaddexp.reduce(q_top_lp, axis=-1)), 1e-300)
+    return kl + p_rest * (ref.rest_lp - np.log(q_rest))
+
+
 @dataclass
 class TokenStats:
     """Running sums over predicted tokens (positions 0..T-2 of each window)."""
@@ -62,8 +113,14 @@ class TokenStats:
     agree: int = 0
     kl_per_window: list[float] = field(default_factory=list)
 
-    def add(self, ref_logprobs: np.ndarray | None, logprobs: np.ndarray, ids: np.ndarray) -> None:
-        """Add one window: (T, V) log-probs of the reference (None: no reference) and model."""
+    def add(
+        self,
+        ref_logprobs: np.ndarray | RefWindow | None,
+        logprobs: np.ndarray,
+        ids: np.ndarray,
+    ) -> None:
+        """Add one window: the reference's (T, V) log-probs, or its `RefWindow` (top-k
+        KL), or None (no reference), and the model's (T, V) log-probs."""
         ids = np.asarray(ids)
         lp = np.asarray(logprobs, dtype=np.float32)[:-1]
         target = ids[1:]
@@ -72,13 +129,19 @@ class TokenStats:
         self.nll -= float(lp[rows, target].astype(np.float64).sum())
         if ref_logprobs is None:
             return
-        ref = np.asarray(ref_logprobs, dtype=np.float32)[:-1]
-        self.nll_ref -= float(ref[rows, target].astype(np.float64).sum())
-        kl_rows = (np.exp(ref) * (ref - lp)).sum(axis=-1, dtype=np.float64)
-        kl = float(kl_rows.sum())
+        if isinstance(ref_logprobs, RefWindow):
+            ref = ref_logprobs
+            self.nll_ref -= float(ref.target_lp.astype(np.float64).sum())
+            kl = float(_kl_coarse(_positions(ref, len(target)), lp).sum())
+            ref_top1 = ref.top_ids[: len(target), 0]
+        else:
+            full = np.asarray(ref_logprobs, dtype=np.float32)[:-1]
+            self.nll_ref -= float(full[rows, target].astype(np.float64).sum())
+            kl = float((np.exp(full) * (full - lp)).sum(axis=-1, dtype=np.float64).sum())
+            ref_top1 = full.argmax(-1)
         self.kl += kl
         self.kl_per_window.append(kl / len(target))
-        self.agree += int((ref.argmax(-1) == lp.argmax(-1)).sum())
+        self.agree += int((ref_top1 == lp.argmax(-1)).sum())
 
     def summary(self) -> dict[str, float]:
         n = max(self.tokens, 1)
@@ -93,6 +156,11 @@ class TokenStats:
                 else 0.0,
             )
         return out
+
+
+def _positions(ref: RefWindow, n: int) -> RefWindow:
+    """The first `n` positions of a reference window (the predicted ones)."""
+    return RefWindow(ref.top_ids[:n], ref.top_lp[:n], ref.rest_lp[:n], ref.target_lp[:n])
 
 
 def compare_windows(
@@ -315,6 +383,67 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------- driver ----
 
 
+class FullReference:
+    """The reference's log-probs of every window, as float16 in an unlinked temporary file
+    (memory-mapped: the pages are the system's to drop), read back one window at a time
+    as float32. Exact to float16's rounding of log-probs: RESULTS.md measures it against
+    float32 (`bench/experiments/kl_top_k.py`)."""
+
+    def __init__(self, shape: tuple[int, int, int]):
+        import tempfile
+
+        self._file = tempfile.TemporaryFile(prefix="jang-ref-")
+        self._file.truncate(int(np.prod(shape)) * 2)
+        self._lp = np.memmap(self._file, dtype=np.float16, mode="r+", shape=shape)
+
+    def __setitem__(self, i: int, logprobs: np.ndarray) -> None:
+        self._lp[i] = logprobs
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        # renormalized: the rounding no longer shifts the total probability
+        return log_softmax(self._lp[i])
+
+    def __len__(self) -> int:
+        return self._lp.shape[0]
+
+
+def reference_windows(
+    ref: str | Path,
+    windows: np.ndarray,
+    engine: str,
+    top_k: int = 0,
+    memo: dict | None = None,
+) -> FullReference | list[RefWindow]:
+    """The reference's scores of every window: its full log-probs (`FullReference`, exact
+    KL; `top_k` 0) or its top-k (`RefWindow`, a lower bound of KL in a few MB). The
+    reference model is freed before this returns, so `evaluate` holds one model at a time;
+    `memo` (a dict kept by the caller) reuses the scores for further bundles on the same
+    windows."""
+    import gc
+    import hashlib
+
+    key = hashlib.sha256(
+        f"{Path(ref).resolve()}|{engine}|{top_k}".encode() + np.ascontiguousarray(windows).tobytes()
+    ).hexdigest()
+    if memo is not None and key in memo:
+        return memo[key]
+    run = load_engine(ref, engine, config=_source_config(ref))[0]
+    scored: FullReference | list[RefWindow] | None = [] if top_k else None
+    for i, ids in enumerate(windows):
+        lp = log_softmax(run(ids))
+        if top_k:
+            scored.append(RefWindow.of(lp, ids, top_k))
+            continue
+        if scored is None:  # the vocabulary is known once the first window has run
+            scored = FullReference((len(windows), *lp.shape))
+        scored[i] = lp
+    del run
+    gc.collect()
+    if memo is not None:
+        memo[key] = scored
+    return scored
+
+
 def evaluate(
     bundle: str | Path,
     ref: str | Path | None,
@@ -326,13 +455,18 @@ def evaluate(
     length: int = DEFAULT_LENGTH,
     mc: str | None = None,
     mc_limit: int | None = None,
+    top_k: int = 0,
+    memo: dict | None = None,
 ) -> dict[str, Any]:
-    """Every metric of `bundle` against `ref` (see module docstring) as a JSON-able dict."""
+    """Every metric of `bundle` against `ref` (see module docstring) as a JSON-able dict.
+
+    One model in memory at a time: the reference is scored first and freed
+    (`reference_windows`: its full log-probs on disk, or with `top_k` its top k, a lower
+    bound of KL), then the bundle runs; `memo` reuses the reference's scores across calls."""
     import time
 
     t0 = time.perf_counter()
-    run, config, size = load_engine(bundle, engine)
-    ref_run = load_engine(ref, engine, config=_source_config(ref))[0] if ref else None
+    config = model_config(bundle)
     tokenizer = load_tokenizer(bundle, ref)
     bos = bos_id(tokenizer, config)
     text = (
@@ -341,6 +475,8 @@ def evaluate(
         else dataset_text(dataset or "wiki")
     )
     wins = tokenize_windows(tokenizer, text, windows, length, bos)
+    scored = reference_windows(ref, wins, engine, top_k, memo) if ref else None
+    run, config, size = load_engine(bundle, engine)
     result: dict[str, Any] = {
         "bundle": str(bundle),
         "ref": str(ref) if ref else None,
@@ -350,9 +486,13 @@ def evaluate(
         "length": int(wins.shape[1]),
         "bos": bos,
     }
+    if scored is not None and top_k:
+        result["kl_top_k"] = top_k
     if size is not None:
         result.update(size.to_json(), file_mb=size.file_bytes / 1e6)
-    result.update(compare_windows(wins, run, ref_run))
+    result.update(
+        compare_windows(wins, run, ref_cache=scored.__getitem__ if scored is not None else None)
+    )
     if mc:
         result["mc_task"] = mc
         result["mc"] = mc_accuracy(run, tokenizer, load_mc(mc, mc_limit), bos)

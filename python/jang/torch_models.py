@@ -7,6 +7,7 @@ extra), never by the runtime. Everything runs in float32 on the best device torc
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -78,37 +79,66 @@ def source_tensors_of(source) -> tuple[dict[str, np.ndarray], SizeStats]:
     """`source_tensors` of an opened `jang.source.ModelSource`."""
     import mlx.core as mx
 
+    def reader(name: str) -> Callable[[], np.ndarray]:
+        return lambda: np.array(source.read(name).astype(mx.float32))
+
     size = SizeStats()
-    out = {}
+    makers = {}
     for info in source.tensors():
-        out[info.name] = np.array(source.read(info.name).astype(mx.float32))
+        makers[info.name] = reader(info.name)
         size.add_float(info.shape)
     size.file_bytes = 2 * (size.float_matrix_params + size.other_params)
-    return out, size
+    return LazyTensors(makers), size
 
 
-def load_tensors(model, tensors: dict[str, np.ndarray], config: dict[str, Any]):
+class LazyTensors(Mapping):
+    """{name: float32 array}, each made when asked for (read, or dequantized) and not kept:
+    loading a model from it holds one tensor at a time beside the model."""
+
+    def __init__(self, makers: dict[str, Callable[[], np.ndarray]]):
+        self._makers = makers
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._makers[name]()
+
+    def __iter__(self):
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+
+def renamed(tensors: Mapping[str, np.ndarray], names: dict[str, str]) -> LazyTensors:
+    """`tensors` under new names (those in `names` only), still made one at a time."""
+    return LazyTensors({new: (lambda old=old: tensors[old]) for old, new in names.items()})
+
+
+def load_tensors(model, tensors: Mapping[str, np.ndarray], config: dict[str, Any]):
     """Load `tensors` into `model`; return it on the evaluation device, in eval mode.
 
-    Every model parameter must be provided, except a tied output head.
+    Every model parameter must be provided, except a tied output head. Each tensor is
+    copied into its parameter and dropped, so a `LazyTensors` costs one tensor of memory.
     """
     import torch
 
-    state = {}
-    expected = model.state_dict()
-    for name, arr in tensors.items():
-        if name not in expected:
-            if name.endswith("rotary_emb.inv_freq"):
-                continue
-            raise KeyError(f"tensor {name} has no place in {type(model).__name__}")
-        if tuple(arr.shape) != tuple(expected[name].shape):
-            raise ValueError(f"{name}: shape {arr.shape}, model expects {expected[name].shape}")
-        state[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-    missing = [k for k in expected if k not in state]
+    expected = model.state_dict()  # the parameters themselves, not copies
+    loaded = set()
+    with torch.no_grad():
+        for name in tensors:
+            if name not in expected:
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue
+                raise KeyError(f"tensor {name} has no place in {type(model).__name__}")
+            arr = tensors[name]
+            if tuple(arr.shape) != tuple(expected[name].shape):
+                raise ValueError(f"{name}: shape {arr.shape}, model expects {expected[name].shape}")
+            expected[name].copy_(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
+            loaded.add(name)
+            del arr
+    missing = [k for k in expected if k not in loaded]
     tied = config.get("tie_word_embeddings", True)
     if missing and not (tied and missing == ["lm_head.weight"]):
         raise KeyError(f"missing tensors: {', '.join(missing[:5])}")
-    model.load_state_dict(state, strict=False, assign=True)
     if tied and "lm_head.weight" in missing:
         model.tie_weights()
     model.to(device())

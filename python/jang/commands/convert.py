@@ -98,6 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tune-norms", action="store_true", help="also tune the normalization gains (float)"
     )
     parser.add_argument("--force", action="store_true", help="replace OUT if it is a jang bundle")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted --method gptq from its last saved layer",
+    )
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="no progress, only the result line")
     out.add_argument(
@@ -143,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             calibration=Calibration(args.calib, args.calib_samples, args.calib_seq_len),
             tune=tune if args.tune else None,
             force=args.force,
+            resume=args.resume,
             progress=mode,
             log=say,
         )
@@ -151,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             emit_event("error", message=str(exc))
         raise
     except KeyboardInterrupt:  # before any bundle file was written (planning, GPTQ, tuning)
-        message = f"interrupted; nothing was written to {args.out}"
+        message = f"interrupted; nothing was written to {args.out}" + _kept(args.out)
         if mode == "json":
             emit_event("error", message=message)
         print(f"jang convert: {message}", file=sys.stderr)
@@ -172,6 +178,19 @@ def run(args: argparse.Namespace) -> int:
             f"{report.seconds:.1f} s"
         )
     return 0
+
+
+def _kept(out: Path) -> str:
+    """What an interrupted GPTQ left for --resume, said in a clause ('' if nothing)."""
+    from jang.convert.checkpoint import Checkpoint
+
+    state = Checkpoint(out).state()
+    if not state or not state.get("next_layer"):
+        return ""
+    return (
+        f"; GPTQ of {state['next_layer']} layers is kept in {Checkpoint(out).dir}: "
+        "the same command with --resume continues it"
+    )
 
 
 def _interrupt_on_termination() -> None:

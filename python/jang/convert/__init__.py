@@ -25,6 +25,7 @@ from jang import __version__, card
 from jang.arch import detect, require_supported
 from jang.bundle import BundleWriter, claim_output, quantization_config
 from jang.convert import calibrated, layout
+from jang.convert.checkpoint import Checkpoint
 from jang.errors import ArchError, ConversionError
 from jang.mlx_view import mlx_view
 from jang.plan.profiles import from_request
@@ -58,6 +59,7 @@ def convert(
     calibration: Calibration | None = None,
     tune: TuneOptions | None = None,
     force: bool = False,
+    resume: bool = False,
     progress: str = "bar",
     log: Callable[[str], None] | None = None,
 ) -> ConversionReport:
@@ -66,7 +68,8 @@ def convert(
     `method` rounds each planned matrix (`jang.quant.methods`; `debias` defaults to the
     method's own choice); `calibration` is the text GPTQ and tuning read; with `tune`
     every group's scale and bias is then trained against the float model before anything
-    is written. OUT is held for the whole conversion: an OUT that is or holds the source,
+    is written. GPTQ keeps each finished layer in a directory beside `out`
+    (`jang.convert.checkpoint`); `resume` continues an interrupted GPTQ from it. OUT is held for the whole conversion: an OUT that is or holds the source,
     or (with `force`) anything but a jang bundle or an empty directory, is refused before
     any work, and a second conversion into the same OUT fails at once. `progress` is
     "bar", "json" or "quiet"; `log` receives one-line stage messages.
@@ -101,8 +104,15 @@ def convert(
         rounded: dict[str, Any] = {}
         floats: dict[str, Any] = {}
         tune_report = None
+        saved = Checkpoint(Path(out))
         if spec.calibrated:
-            rounded = calibrated.gptq_rounded(source, plan, renamed, calibration, say)
+            rounded = calibrated.gptq_streamed(
+                source, plan, renamed, calibration, say, saved, resume, progress
+            )
+        elif resume:
+            raise ConversionError(
+                "--resume continues an interrupted --method gptq; this is not one"
+            )
         if tune is not None:
             if not rounded:
                 rounded = calibrated.rounded_all(source, plan, dtype, method, debias, say)
@@ -139,6 +149,7 @@ def convert(
             force,
             progress,
         )
+        saved.remove()  # the bundle is in place: the layers kept for --resume are done with
     total = sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))
     return ConversionReport(
         out=Path(out),

@@ -29,6 +29,9 @@ Calibrated API (calibration windows come from `jang.text.calibration_tokens`):
 * ``gptq_model(model, plan, tokens, *, batch_size=8, block_size=128, damp=0.01,
   act_order=True, params="clip", replace=True) -> {path: (wq, scales, biases)}``:
   sequential GPTQ of an mlx-lm model; ``plan`` maps module paths to (bits, group_size).
+* ``gptq_stream(model, plan, tokens, *, load_layer, finish_layer, float_weight, start=0,
+  inputs=None)``: the same codes with one decoder layer in memory at a time (the caller
+  fills each layer before it is quantized and takes its results after); resumable.
 * ``gptq_quantize(w, hessian, bits, group_size, ...) -> (wq, scales, biases)``: one layer,
   given its Hessian (``Hessian`` accumulates ``2 X^T X / n`` from inputs).
 * ``activation_importance(model, tokens) -> {path: diag(X^T X)}`` for every Linear.
@@ -57,6 +60,7 @@ _EXPORTS = {
     "activation_importance": "jang.quant.sequential",
     "dequantize_tensor": "jang.quant.tensor",
     "gptq_model": "jang.quant.sequential",
+    "gptq_stream": "jang.quant.sequential",
     "gptq_quantize": "jang.quant.gptq",
     "pack": "jang.quant.packing",
     "quantize_tensor": "jang.quant.tensor",

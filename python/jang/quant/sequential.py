@@ -72,6 +72,19 @@ def find_layers(model: nn.Module) -> tuple[str, list]:
     raise QuantizationError(f"cannot find the decoder layers (tried {', '.join(LAYER_PATHS)})")
 
 
+def layer_paths(model: nn.Module, layers: list) -> list[str]:
+    """Each decoder layer's module path in `model` ("model.layers.3"; where `find_layers`
+    found the list through a property, e.g. a Mamba's ``layers``, the real
+    "backbone.layers.3"): the prefix of its parameters' and plan entries' names."""
+    where = {id(m): name for name, m in model.named_modules()}
+    return [where[id(layer)] for layer in layers]
+
+
+def _outside(plan: Mapping[str, tuple[int, int]], paths: list[str]) -> list[str]:
+    """The planned modules that are in no decoder layer."""
+    return [p for p in plan if not any(p.startswith(lp + ".") for lp in paths)]
+
+
 class _Recorder:
     """Stands in for a decoder layer: records its arguments and passes the input through."""
 
@@ -198,6 +211,15 @@ class _LayerDriver:
             if self.count == self.stop_after + 1:
                 raise _Stop
         return self._reuse(lambda: tap.compute(x))
+
+    def release(self) -> None:
+        """Drop what the passes kept: the taps (whose numpy copies of the layer point back
+        at this driver, a cycle only the garbage collector would break), the last Hessian
+        and the kept intermediates, so a finished layer's memory returns at once."""
+        self.taps.clear()
+        self.hessian = None
+        self.memo.clear()
+        self.memo_used = 0
 
     def stages(self, x, args, kwargs) -> list[tuple[int, list[str]]]:
         """Runs of consecutive Linear calls that share one input: [(last call index, names)]."""
@@ -339,6 +361,63 @@ def _gptq_layer(
             yield n, gptq_quantize(weight, hess, bits, gs, backend=backend, **options)
 
 
+def linear_names(layer: nn.Module) -> list[str]:
+    """The plain nn.Linear sublayers of a decoder layer (what GPTQ quantizes in it)."""
+    return [n for n, m in layer.named_modules() if type(m) is nn.Linear and n]
+
+
+def gptq_layer(
+    layer: nn.Module,
+    planned: Mapping[str, tuple[int, int]],
+    batch_args: list,
+    backend: str,
+    options: dict,
+    originals: list | None = None,
+) -> tuple[dict[str, Quantized], list[mx.array]]:
+    """GPTQ of one decoder layer's planned Linears on its inputs `batch_args` (per batch:
+    (x, args, kwargs)); returns ({name: quantized}, the layer's outputs per batch).
+
+    The planned weights are replaced by their dequantized values (later stages, and the
+    outputs, see the quantized layer); with `originals`, each (module, float weight) is
+    appended there first so the caller can put the float weights back."""
+    driver = _LayerDriver(layer, backend == "numpy")
+    results: dict[str, Quantized] = {}
+    try:
+        with _float32(layer, driver.names), driver.installed():
+            if planned:
+                for n, q in _gptq_layer(driver, planned, batch_args, backend, options):
+                    results[n] = q
+                    mod = driver.taps[n].module
+                    if originals is not None:
+                        originals.append((mod, mod.weight))
+                    bits, gs = planned[n]
+                    mod.weight = dequantize_tensor(*q, bits, gs).astype(mod.weight.dtype)
+                    driver.taps[n].refresh()
+            outputs = driver.outputs(batch_args)
+    finally:
+        driver.release()
+    return results, outputs
+
+
+def _check_plan(modules: dict, plan: Mapping[str, tuple[int, int]]) -> None:
+    for path, spec in plan.items():
+        if path not in modules:
+            raise QuantizationError(f"plan names {path!r}, which is not a module of this model")
+        bits, group_size = spec
+        check_params(bits, group_size)
+        m = modules[path]
+        if type(m) not in (nn.Linear, nn.Embedding):
+            raise QuantizationError(
+                f"{path} is a {type(m).__name__}; only Linear (GPTQ) and Embedding (clip) "
+                "modules can be quantized here"
+            )
+        if m.weight.shape[-1] % group_size:
+            raise QuantizationError(
+                f"{path}: input size {m.weight.shape[-1]} is not divisible by group size "
+                f"{group_size}"
+            )
+
+
 def gptq_model(
     model: nn.Module,
     plan: Mapping[str, tuple[int, int]],
@@ -367,26 +446,10 @@ def gptq_model(
     otherwise the model keeps its original float weights.
     """
     backend = backend or default_backend()
-    use_numpy = backend == "numpy"
     report = progress or log.info
-    prefix, layers = find_layers(model)
+    _, layers = find_layers(model)
     modules = dict(model.named_modules())
-    for path, spec in plan.items():
-        if path not in modules:
-            raise QuantizationError(f"plan names {path!r}, which is not a module of this model")
-        bits, group_size = spec
-        check_params(bits, group_size)
-        m = modules[path]
-        if type(m) not in (nn.Linear, nn.Embedding):
-            raise QuantizationError(
-                f"{path} is a {type(m).__name__}; only Linear (GPTQ) and Embedding (clip) "
-                "modules can be quantized here"
-            )
-        if m.weight.shape[-1] % group_size:
-            raise QuantizationError(
-                f"{path}: input size {m.weight.shape[-1]} is not divisible by group size "
-                f"{group_size}"
-            )
+    _check_plan(modules, plan)
 
     options = dict(block_size=block_size, damp=damp, act_order=act_order, params=params)
     results: dict[str, Quantized] = {}
@@ -394,7 +457,8 @@ def gptq_model(
     # Modules outside the decoder layers (embeddings, a separate lm_head) first, so the
     # captured layer inputs already carry the embedding's quantization error.
     restore = []
-    outside = {p: modules[p].weight for p in plan if not p.startswith(prefix + ".")}
+    paths = layer_paths(model, layers)
+    outside = {p: modules[p].weight for p in _outside(plan, paths)}
     for path, (bits, gs) in plan.items():
         if path not in outside:
             continue
@@ -413,22 +477,15 @@ def gptq_model(
     captured = _capture(model, layers, batches)
     hs = [h for h, _ in captured]
     for li, layer in enumerate(layers):
-        lp = f"{prefix}.{li}."
-        driver = _LayerDriver(layer, use_numpy)
-        planned = {n: plan[lp + n] for n in driver.names if lp + n in plan}
+        lp = f"{paths[li]}."
+        planned = {n: plan[lp + n] for n in linear_names(layer) if lp + n in plan}
         batch_args = [(hs[b], *captured[b][1][li]) for b in range(len(batches))]
-        with _float32(layer, driver.names), driver.installed():
-            if planned:
-                for n, q in _gptq_layer(driver, planned, batch_args, backend, options):
-                    results[lp + n] = q
-                    mod = driver.taps[n].module
-                    if not replace:
-                        restore.append((mod, mod.weight))
-                    bits, gs = planned[n]
-                    mod.weight = dequantize_tensor(*q, bits, gs).astype(mod.weight.dtype)
-                    driver.taps[n].refresh()
-                report(f"layer {li}: GPTQ {', '.join(planned)}")
-            hs = driver.outputs(batch_args)
+        done, hs = gptq_layer(
+            layer, planned, batch_args, backend, options, None if replace else restore
+        )
+        results.update((lp + n, q) for n, q in done.items())
+        if planned:
+            report(f"layer {li}: GPTQ {', '.join(planned)}")
         if replace:
             for n, (bits, gs) in planned.items():
                 _set(layer, n, _quantized_module(_get(layer, n), *results[lp + n], bits, gs))
@@ -443,6 +500,107 @@ def gptq_model(
     for module, weight in restore:
         module.weight = weight
 
+    return results
+
+
+def drop_weights(module: nn.Module) -> None:
+    """Replace a module's parameters by unevaluated zeros of the same shapes: the module
+    keeps its structure and costs no memory until it is loaded again."""
+    module.update(
+        tree_unflatten(
+            [(k, mx.zeros(v.shape, v.dtype)) for k, v in tree_flatten(module.parameters())]
+        )
+    )
+
+
+class _Floats(Mapping):
+    """The float weights of the modules outside the layers, read again only when asked."""
+
+    def __init__(self, paths: list[str], read: Callable[[str], mx.array]):
+        self._paths, self._read = paths, read
+
+    def __getitem__(self, path: str) -> mx.array:
+        if path not in self._paths:
+            raise KeyError(path)
+        return self._read(path)
+
+    def __iter__(self):
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+def gptq_stream(
+    model: nn.Module,
+    plan: Mapping[str, tuple[int, int]],
+    tokens,
+    *,
+    load_layer: Callable[[int, nn.Module], None],
+    finish_layer: Callable[[int, dict[str, Quantized], list[mx.array]], None],
+    float_weight: Callable[[str], mx.array],
+    start: int = 0,
+    inputs: list[mx.array] | None = None,
+    batch_size: int = 8,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = True,
+    params: str = "clip",
+    backend: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Quantized]:
+    """`gptq_model` with one decoder layer in memory at a time: the same codes.
+
+    The model holds float weights outside its decoder layers only; `load_layer(i, layer)`
+    fills layer i just before it is quantized, and its weights are dropped right after
+    `finish_layer(i, {path: quantized}, outputs)` has taken its results and its outputs
+    on the calibration batches (the next layer's inputs: a caller may save them to resume
+    from). `start` and `inputs` resume at layer `start` from such saved inputs. The
+    planned modules outside the layers get the clip search first, as in `gptq_model`;
+    their weights are then dropped, and the output head's float weight is asked of
+    `float_weight(path)` again for its GPTQ at the end. Returns the results of the
+    modules outside the layers; `progress(done, total)` after each layer.
+    """
+    backend = backend or default_backend()
+    _, layers = find_layers(model)
+    modules = dict(model.named_modules())
+    _check_plan(modules, plan)
+    options = dict(block_size=block_size, damp=damp, act_order=act_order, params=params)
+    batches = _batches(tokens, batch_size)
+    paths = layer_paths(model, layers)
+    outside = _outside(plan, paths)
+    results: dict[str, Quantized] = {}
+    for path in outside:
+        bits, gs = plan[path]
+        module = modules[path]
+        q = quantize_tensor(module.weight, bits, gs, method="clip")
+        results[path] = q
+        module.weight = dequantize_tensor(*q, bits, gs).astype(module.weight.dtype)
+        mx.eval(module.weight, *q)
+    captured = _capture(model, layers, batches)
+    for path in outside:  # the head's input is the layers' output: no need of these now
+        drop_weights(modules[path])
+    hs = list(inputs) if inputs is not None else [h for h, _ in captured]
+    if len(hs) != len(batches):
+        raise QuantizationError(f"{len(hs)} saved input batches for {len(batches)} batches")
+    for li in range(start, len(layers)):
+        layer = layers[li]
+        load_layer(li, layer)
+        lp = f"{paths[li]}."
+        planned = {n: plan[lp + n] for n in linear_names(layer) if lp + n in plan}
+        batch_args = [(hs[b], *captured[b][1][li]) for b in range(len(batches))]
+        done, hs = gptq_layer(layer, planned, batch_args, backend, options)
+        del batch_args
+        drop_weights(layer)
+        finish_layer(li, {lp + n: q for n, q in done.items()}, hs)
+        del done
+        if progress is not None:
+            progress(li + 1, len(layers))
+    head = _head_gptq(
+        model, plan, _Floats(outside, float_weight), layers, batches, hs, backend, options
+    )
+    if head is not None:
+        results[head[0]] = head[1]
     return results
 
 
