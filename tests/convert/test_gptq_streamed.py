@@ -103,8 +103,11 @@ def test_an_interrupted_gptq_resumes_to_identical_bytes(deep_model, calib, tmp_p
             progress="quiet",
             resume=True,
         )
+    # another method's bundle into the same OUT leaves the saved layers alone
+    convert(deep_model, out, bits=3.0, method="rtn", progress="quiet")
+    assert checkpoint.Checkpoint(out).state()["next_layer"] == 2
     layers_run.clear()
-    _gptq(deep_model, out, calib, resume=True)
+    _gptq(deep_model, out, calib, resume=True, force=True)
     assert layers_run == [2, 3]  # layers 0 and 1 came from the checkpoint
     assert _bundle_bytes(out) == _bundle_bytes(reference)
     assert not checkpoint.spill_dir(out).exists()

@@ -69,9 +69,10 @@ def convert(
     method's own choice); `calibration` is the text GPTQ and tuning read; with `tune`
     every group's scale and bias is then trained against the float model before anything
     is written. GPTQ keeps each finished layer in a directory beside `out`
-    (`jang.convert.checkpoint`); `resume` continues an interrupted GPTQ from it. OUT is held for the whole conversion: an OUT that is or holds the source,
-    or (with `force`) anything but a jang bundle or an empty directory, is refused before
-    any work, and a second conversion into the same OUT fails at once. `progress` is
+    (`jang.convert.checkpoint`); `resume` continues an interrupted GPTQ from it. OUT is
+    held for the whole conversion: an OUT that is or holds the source, or (with `force`)
+    anything but a jang bundle or an empty directory, is refused before any work, and a
+    second conversion into the same OUT fails at once. `progress` is
     "bar", "json" or "quiet"; `log` receives one-line stage messages.
     """
     spec = get_method(method)
@@ -149,7 +150,8 @@ def convert(
             force,
             progress,
         )
-        saved.remove()  # the bundle is in place: the layers kept for --resume are done with
+        if spec.calibrated:  # the bundle is in place: the layers kept for --resume are done
+            saved.remove()
     total = sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))
     return ConversionReport(
         out=Path(out),
