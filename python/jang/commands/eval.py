@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--text", type=Path, help="plain-text file to evaluate on")
     src.add_argument("--dataset", choices=("wiki", "lambada"), help="prepared text (default wiki)")
-    parser.add_argument("--windows", type=int, default=40, help="number of windows (default 40)")
-    parser.add_argument("--length", type=int, default=512, help="tokens per window (default 512)")
+    parser.add_argument("--windows", type=int, default=40, help="number of windows")
+    parser.add_argument("--length", type=int, default=512, help="tokens per window")
     parser.add_argument(
         "--mc",
         choices=("mmlu", "arc", "arc_easy", "arc_challenge", "hellaswag"),
