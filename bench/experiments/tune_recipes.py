@@ -136,7 +136,7 @@ def main() -> None:
         rounded = {m: (flat[m + ".q"], flat[m + ".s"], flat[m + ".b"]) for m in bits_groups}
     elif args.method == "gptq":
         _, renamed = layout.sanitized_names(source)
-        rounded = calibrated.gptq_rounded(
+        rounded = calibrated.gptq_whole_model(
             source, plan, renamed, Calibration(args.calib, args.gptq_samples, 512), print
         )
     else:

@@ -87,10 +87,6 @@ class RefWindow:
             lp[np.arange(len(target)), target],
         )
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.top_ids, self.top_lp, self.rest_lp, self.target_lp))
-
 
 def _kl_coarse(ref: RefWindow, lp: np.ndarray) -> np.ndarray:
     """Per position: KL over the reference's top k and the rest (see `RefWindow`)."""

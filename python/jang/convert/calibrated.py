@@ -175,7 +175,7 @@ def gptq_streamed(
 
     def float_weight(path: str):
         weights = read([n for n in outside_names if renamed.get(n, n) == f"{path}.weight"])
-        if f"{path}.weight" not in weights:  # a tied head: the embedding it shares
+        if f"{path}.weight" not in weights:
             raise ConversionError(f"--method gptq: no float weight for {path} in the source")
         w = weights[f"{path}.weight"]
         mx.eval(w)

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +142,6 @@ class Checkpoint:
         """One module's (wq, scales, biases), read from its layer file."""
         saved = mx.load(str(self._layer_file(self._layers[path])))
         return tuple(saved[f"{path}.{part}"] for part in _PARTS)
-
-    def paths(self) -> Iterator[str]:
-        return iter(self._layers)
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
