@@ -165,7 +165,12 @@ def run_convert(model: Path, out: Path, method: str, args) -> dict:
     proc = subprocess.Popen(
         [sys.executable, "-c", wrapper, *cmd], stdout=subprocess.PIPE, text=True
     )
-    layer_times, last, maxrss, error = [], None, None, None
+    # per-layer times: GPTQ's from its first "samples x" message, tuning's from its
+    # "block-wise" one, then between consecutive per-layer events
+    layer_times: dict[str, list[float]] = {"gptq": [], "tune": []}
+    last: dict[str, float] = {}
+    maxrss, error = None, None
+    starts = {"gptq": "samples x", "tune": "block-wise"}
     for line in proc.stdout:
         if line.startswith("#maxrss"):
             maxrss = int(line.split()[1]) * 1024
@@ -175,19 +180,23 @@ def run_convert(model: Path, out: Path, method: str, args) -> dict:
         except ValueError:
             continue
         now = time.perf_counter()
-        if event.get("event") == "gptq":
-            layer_times.append(now - (last or now))
-            last = now
-        elif event.get("event") == "log" and "samples x" in event.get("message", ""):
-            last = now
-        elif event.get("event") == "error":
+        kind = event.get("event")
+        if kind in layer_times and "layer" in event:
+            layer_times[kind].append(now - last.get(kind, now))
+            last[kind] = now
+        elif kind == "log":
+            for k, marker in starts.items():
+                if marker in event.get("message", "") and k not in last:
+                    last[k] = now
+        elif kind == "error":
             error = event.get("message")
     code = proc.wait()
     return {
         "method": method,
         "seconds": time.perf_counter() - t0,
         "peak_rss": maxrss,
-        "layer_seconds": layer_times,
+        "layer_seconds": layer_times["gptq"],
+        "tune_layer_seconds": layer_times["tune"],
         "ok": code == 0,
         "error": error,
     }
@@ -224,9 +233,8 @@ def main(argv=None) -> int:
             out = args.work / f"h{args.hidden}-l{n}" / f"out-{method}"
             r = run_convert(model, out, method, args)
             r.update(layers=n, params=params)
-            per_layer = (
-                float(np.median(r["layer_seconds"])) if r["layer_seconds"] else r["seconds"] / n
-            )
+            streamed = r["layer_seconds"] or r["tune_layer_seconds"]
+            per_layer = float(np.median(streamed)) if streamed else r["seconds"] / n
             r["seconds_per_layer"] = per_layer
             rows.append(r)
             status = "ok" if r["ok"] else f"FAILED: {r['error']}"

@@ -19,6 +19,8 @@
 #   ncumlx    Nsight Compute ($NCUMLX_ARGS) over bench/cuda_bench.py --profile $BENCH_ARGS
 #                                                                     -> ncu_mlx.csv
 #   e2e       bench/cuda_e2e_decode.py $E2E_ARGS, with MLX's CUDA graphs and without -> e2e.txt
+#   scale     bench/scale.py $SCALE_ARGS (conversion memory and time per layer; GPTQ on MLX's
+#             CUDA device, tuning on torch's)                         -> scale.txt, scale_*.json
 #   ptx       MLX's JIT cache ($MLX_PTX_CACHE_DIR) as ptx.tgz, to carry into a later machine
 #
 # MLX's JIT cache: $CBIN/ptx.tgz is unpacked into $MLX_PTX_CACHE_DIR first when present.
@@ -69,6 +71,13 @@ for phase in "$@"; do
     [ -d "$ROOT/.whl2" ] && cp -n "$ROOT"/.whl2/* /root/whl/ 2>/dev/null
     WHEELS=/root/whl bash "$ROOT/scripts/cuda_setup.sh" >"$OUT/setup.log" 2>&1
     echo "setup rc=$?"; tail -3 "$OUT/setup.log"
+    ;;
+  scale)
+    env_on
+    # shellcheck disable=SC2086
+    python3 "$ROOT/bench/scale.py" $SCALE_ARGS >"$OUT/scale.txt" 2>&1
+    echo "scale rc=$?"; tail -12 "$OUT/scale.txt"
+    cp "$ROOT"/bench/results/scale_*.json "$OUT"/ 2>/dev/null
     ;;
   test)
     env_on

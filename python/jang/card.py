@@ -123,10 +123,16 @@ def _recipe_lines(manifest: dict[str, Any]) -> list[str]:
         + (f", calibrated on `{manifest['calibration']}`" if manifest.get("calibration") else "")
     )
     tune = manifest.get("tune")
-    if tune:
+    if tune and tune.get("scope") == "block" and tune.get("error_first_epoch") is not None:
+        lines.append(
+            "- Tuned block-wise: each layer's group scales and biases trained to reproduce the "
+            f"float layer's outputs (mean output error {tune['error_first_epoch']:.4f} -> "
+            f"{tune['error_last_epoch']:.4f})"
+        )
+    elif tune and "kl_first_epoch" in tune:
         lines.append(
             "- Tuned: group scales and biases trained against the float model "
-            f"(training KL {tune.get('kl_first_epoch', 0):.3f} -> {tune.get('kl_last_epoch', 0):.3f})"
+            f"(training KL {tune['kl_first_epoch']:.3f} -> {tune['kl_last_epoch']:.3f})"
         )
     lines.append(
         f"- Converted with {PROJECT} {manifest.get('jang_version', '?')}: `{command(manifest)}`"
@@ -157,6 +163,8 @@ def command(manifest: dict[str, Any]) -> str:
                 parts += [flag, f"{tune[key]:g}"]
         if tune.get("norms"):
             parts.append("--tune-norms")
+        if tune.get("scope") == "model":
+            parts += ["--tune-scope", "model"]
     return " ".join(parts)
 
 

@@ -7,7 +7,8 @@ extra), never by the runtime. Everything runs in float32 on the best device torc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,74 @@ def build_model(config: dict[str, Any]):
     model_type = cfg.pop("model_type")
     hf_config = AutoConfig.for_model(model_type, **cfg)
     return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter registered inside goes to torch's meta device (shapes, no memory);
+    buffers (RoPE frequencies) stay real, computed as the model's own code does."""
+    import torch
+
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def skeleton(config: dict[str, Any]):
+    """`build_model` with every parameter on the meta device: the structure of a model of
+    any size, to be filled part by part (`put`) and emptied again (`release`)."""
+    with _parameters_on_meta():
+        model = build_model(config)
+    model.eval()
+    return model
+
+
+def decoder_layers(model) -> tuple[str, Any]:
+    """(path, ModuleList) of a transformers causal LM's decoder layers."""
+    lists = [
+        (name, m)
+        for name, m in model.named_modules()
+        if type(m).__name__ == "ModuleList" and name.endswith("layers") and len(m)
+    ]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no decoder layers")
+    return max(lists, key=lambda item: len(item[1]))
+
+
+def put(module, tensors: Mapping[str, np.ndarray], device: str) -> None:
+    """Give `module` the parameters `tensors` (names relative to it), one at a time, as
+    frozen float32 on `device`; each must match the shape of the parameter it replaces."""
+    import torch
+
+    for name, arr in tensors.items():
+        owner_path, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_path) if owner_path else module
+        old = owner._parameters.get(leaf)
+        if old is None:
+            raise KeyError(f"tensor {name} has no place in {type(module).__name__}")
+        if tuple(old.shape) != tuple(arr.shape):
+            raise ValueError(f"{name}: shape {arr.shape}, model expects {tuple(old.shape)}")
+        data = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(device)
+        owner._parameters[leaf] = torch.nn.Parameter(data, requires_grad=False)
+
+
+def release(module) -> None:
+    """Put every parameter of `module` back on the meta device: its memory returns."""
+    import torch
+
+    for owner in module.modules():
+        for leaf, p in list(owner._parameters.items()):
+            if p is not None and p.device.type != "meta":
+                owner._parameters[leaf] = torch.nn.Parameter(p.to("meta"), requires_grad=False)
 
 
 # VLM text towers with no causal-LM class of their own -> the family that runs them on text

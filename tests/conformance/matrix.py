@@ -284,10 +284,12 @@ def run_family(model_type: str, work: Path) -> dict[str, Outcome]:
     def tune() -> str:
         convert("tune")()
         report = json.loads((bundles["tune"] / "jang.json").read_text())["tune"]
-        first, last = report["kl_first_epoch"], report["kl_last_epoch"]
+        first, last = report["error_first_epoch"], report["error_last_epoch"]
         if not last < first:
-            raise RuntimeError(f"tuning did not lower the training KL: {first:.4g} -> {last:.4g}")
-        return f"training KL {first:.3g} -> {last:.3g}"
+            raise RuntimeError(
+                f"tuning did not lower the layers' output error: {first:.4g} -> {last:.4g}"
+            )
+        return f"layer output error {first:.3g} -> {last:.3g}"
 
     _attempt(results, "convert tune", tune)
 

@@ -47,11 +47,13 @@ def tiny(tmp_path_factory):
     plain = root / "plain"
     args = ["convert", str(src), "--bits", "2.5", "--method", "rtn", "--quiet"]
     assert cli.main([*args, "-o", str(plain)]) == 0
-    tuned = root / "tuned"
     tune_args = ["--tune", "--calib", str(calib), "--calib-seq-len", "64"]
     tune_args += ["--tune-samples", "16", "--tune-epochs", "3", "--tune-lr", "1e-2"]
+    tuned = root / "tuned"  # the default: block-wise
     assert cli.main([*args, "-o", str(tuned), *tune_args]) == 0
-    return src, plain, tuned, held_out
+    e2e = root / "e2e"
+    assert cli.main([*args, "-o", str(e2e), *tune_args, "--tune-scope", "model"]) == 0
+    return src, plain, tuned, held_out, e2e
 
 
 def _kl(bundle, src, text) -> float:
@@ -62,8 +64,10 @@ def _kl(bundle, src, text) -> float:
     return ev.compare_windows(wins, run, ref)["kl"]
 
 
-def test_tuning_keeps_the_codes_and_the_layout(tiny):
-    _, plain, tuned, _ = tiny
+@pytest.mark.parametrize("scope", ["block", "model"])
+def test_tuning_keeps_the_codes_and_the_layout(tiny, scope):
+    _, plain, block, _, e2e = tiny
+    tuned = block if scope == "block" else e2e
     a = mx.load(str(plain / "model.safetensors"))
     b = mx.load(str(tuned / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -74,19 +78,27 @@ def test_tuning_keeps_the_codes_and_the_layout(tiny):
             assert mx.array_equal(a[name], b[name]), name
         else:
             changed += not mx.array_equal(a[name], b[name])
-    assert changed == len([n for n in a if n.endswith(".scales")]) * 2  # every scale and bias
+    # every scale and bias (block-wise: the layers' and the head's, not the input embedding's)
+    kept = "model.embed_tokens." if scope == "block" else "-"
+    trained = [n for n in a if n.endswith(".scales") and not n.startswith(kept)]
+    assert changed == len(trained) * 2
     assert cli.main(["validate", str(tuned)]) == 0
 
 
 def test_tuning_lowers_the_held_out_kl(tiny):
-    src, plain, tuned, held_out = tiny
-    manifest = json.loads((tuned / "jang.json").read_text())
-    report = manifest["tune"]
+    src, plain, block, held_out, e2e = tiny
+    report = json.loads((e2e / "jang.json").read_text())["tune"]
     assert report["steps"] == 48 and report["windows"] == 16 and report["seq_len"] == 64
     assert report["kl_last_epoch"] < report["kl_first_epoch"]
+    report = json.loads((block / "jang.json").read_text())["tune"]
+    assert report["steps_per_layer"] == 48 and report["windows"] == 16
+    assert report["error_last_epoch"] < report["error_first_epoch"]
     assert json.loads((plain / "jang.json").read_text())["tune"] is None
-    before, after = _kl(plain, src, held_out), _kl(tuned, src, held_out)
-    assert after < 0.8 * before, (before, after)
+    before = _kl(plain, src, held_out)
+    # end to end trains the KL itself and gains more (bench/RESULTS.md: SmolLM2 too)
+    for tuned, most in ((block, 0.9), (e2e, 0.8)):
+        after = _kl(tuned, src, held_out)
+        assert after < most * before, (tuned.name, before, after)
 
 
 def _quantized(bundle):
@@ -195,11 +207,12 @@ def test_trained_codes_are_repacked_exactly(tmp_path):
 
 
 def test_tuned_norms_reach_the_bundle(tiny, tmp_path):
-    src, plain, _, _ = tiny
+    src, plain, _, _, _ = tiny
     calib = _text(tmp_path / "calib.txt", seed=3)
     out = tmp_path / "norms"
     args = ["convert", str(src), "-o", str(out), "--bits", "2.5", "--method", "rtn", "--quiet"]
-    args += ["--tune", "--tune-norms", "--calib", str(calib), "--calib-seq-len", "64"]
+    args += ["--tune", "--tune-norms", "--tune-scope", "model", "--calib", str(calib)]
+    args += ["--calib-seq-len", "64"]
     assert cli.main([*args, "--tune-samples", "4", "--tune-epochs", "1", "--tune-lr", "1e-2"]) == 0
     a = mx.load(str(plain / "model.safetensors"))
     b = mx.load(str(out / "model.safetensors"))

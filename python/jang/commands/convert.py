@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from jang.commands import PROFILES_EXPLAINED, add_size
-from jang.quant.methods import DEFAULT_METHOD, METHODS, Calibration, TuneOptions
+from jang.quant.methods import DEFAULT_METHOD, METHODS, TUNE_SCOPES, Calibration, TuneOptions
 
 HELP = "convert a model (HF dir, safetensors or GGUF) into a bundle"
 DESCRIPTION = """\
@@ -71,12 +71,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     tune = parser.add_argument_group(
         "tuning",
-        "train every group's scale and bias (codes frozen) so the bundle's next-token\n"
-        "distributions match the float model's on --calib: same size, much lower error at\n"
-        "2-3 bits. Runs in torch (the eval extra), on a GPU when torch sees one. At 3 bpw and\n"
-        "below use --tune-epochs 4 --tune-samples 128 --tune-norms (bench/RESULTS.md)",
+        "train every group's scale and bias (codes frozen) so the bundle matches the float\n"
+        "model on --calib: same size, much lower error at 2-3 bits. Block-wise by default\n"
+        "(each decoder layer reproduces the float layer's outputs; one layer in memory);\n"
+        "--tune-scope model trains the next-token KL through the whole model in memory.\n"
+        "Runs in torch (the eval extra), on a GPU when torch sees one",
     )
-    tune.add_argument("--tune", action="store_true", help="tune scales and biases end to end")
+    tune.add_argument("--tune", action="store_true", help="tune scales and biases")
+    tune.add_argument(
+        "--tune-scope",
+        choices=TUNE_SCOPES,
+        default=TuneOptions.scope,
+        help="block: layer by layer, any model size; model: end to end, the model in memory",
+    )
     tune.add_argument(
         "--tune-epochs",
         type=int,
@@ -101,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted --method gptq from its last saved layer",
+        help="continue an interrupted --method gptq or --tune from its last saved layer",
     )
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="no progress, only the result line")
@@ -119,10 +126,13 @@ def run(args: argparse.Namespace) -> int:
     from jang.progress import emit_event
 
     mode = "quiet" if args.quiet else "json" if args.json_progress else "bar"
-    tune = TuneOptions(args.tune_epochs, args.tune_samples, args.tune_lr, args.tune_norms)
+    tune = TuneOptions(
+        args.tune_epochs, args.tune_samples, args.tune_lr, args.tune_norms, args.tune_scope
+    )
     if not args.tune and tune != TuneOptions():
         print(
-            "jang convert: error: --tune-epochs/--tune-samples/--tune-lr/--tune-norms need --tune",
+            "jang convert: error: --tune-epochs/--tune-samples/--tune-lr/--tune-norms/"
+            "--tune-scope need --tune",
             file=sys.stderr,
         )
         return 1
@@ -181,16 +191,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _kept(out: Path) -> str:
-    """What an interrupted GPTQ left for --resume, said in a clause ('' if nothing)."""
-    from jang.convert.checkpoint import Checkpoint
+    """What an interrupted GPTQ or tuning left for --resume, said in a clause ('' if
+    nothing)."""
+    from jang.convert.checkpoint import KINDS, Checkpoint
 
-    state = Checkpoint(out).state()
-    if not state or not state.get("next_layer"):
+    kept = []
+    for kind in KINDS:
+        saved = Checkpoint(out, kind)
+        state = saved.state()
+        if state and state.get("next_layer"):
+            kept.append(f"{saved.label} of {state['next_layer']} layers is kept in {saved.dir}")
+    if not kept:
         return ""
-    return (
-        f"; GPTQ of {state['next_layer']} layers is kept in {Checkpoint(out).dir}: "
-        "the same command with --resume continues it"
-    )
+    return f"; {'; '.join(kept)}: the same command with --resume continues it"
 
 
 def _interrupt_on_termination() -> None:

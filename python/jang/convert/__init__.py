@@ -6,9 +6,10 @@ been rounded), so peak memory stays near the largest tensor, not the model. The 
 appears at OUT only when complete (`jang.bundle.claim_output`, `BundleWriter`).
 
 The rounding method comes from the registry (`jang.quant.methods`). A model-level method
-(GPTQ) and tuning hold the whole model instead (`jang.convert.calibrated`): both finish all
-the rounding before the first tensor is written. Where each tensor goes in the bundle
-(renames, drops, stacked experts) is `jang.convert.layout`'s business.
+(GPTQ, `jang.convert.calibrated`) and tuning (`jang.convert.tune_stream`) run layer by layer
+first, each keeping its finished layers on disk beside OUT, from where the writer takes
+them. Where each tensor goes in the bundle (renames, drops, stacked experts) is
+`jang.convert.layout`'s business.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from jang import __version__, card
 from jang.arch import detect, require_supported
 from jang.bundle import BundleWriter, claim_output, quantization_config
-from jang.convert import calibrated, layout
+from jang.convert import calibrated, layout, tune_stream
 from jang.convert.checkpoint import Checkpoint
 from jang.errors import ArchError, ConversionError
 from jang.mlx_view import mlx_view
@@ -83,6 +84,18 @@ def convert(
     calibration = calibration or Calibration()
     with claim_output(out, force, [src]):
         t0 = time.perf_counter()
+        saved = Checkpoint(Path(out))
+        saved_tune = Checkpoint(Path(out), "tune")
+        block_tune = tune is not None and tune.scope == "block"
+        if resume and not (spec.calibrated or block_tune):
+            raise ConversionError(
+                "--resume continues an interrupted --method gptq or --tune; this is neither"
+            )
+        # before planning, which can take minutes; the later stage first, as the one the
+        # interrupted run had reached
+        for kept, runs in ((saved_tune, block_tune), (saved, spec.calibrated)):
+            if runs:
+                kept.refuse_kept(resume)
         source = _open(src, spec, tune)
         origin = provenance(source)
         if origin.get("quantized"):
@@ -105,27 +118,28 @@ def convert(
         rounded: dict[str, Any] = {}
         floats: dict[str, Any] = {}
         tune_report = None
-        saved = Checkpoint(Path(out))
         if spec.calibrated:
             rounded = calibrated.gptq_streamed(
                 source, plan, renamed, calibration, say, saved, resume, progress
             )
-        elif resume:
-            raise ConversionError(
-                "--resume continues an interrupted --method gptq; this is not one"
-            )
-        if tune is not None:
+        if tune is not None and tune.scope == "model":
             if not rounded:
                 rounded = calibrated.rounded_all(source, plan, dtype, method, debias, say)
-            rounded, floats, tune_report = calibrated.tuned(
+            rounded, floats, model_report = calibrated.tuned(
                 source, plan, rounded, calibration, tune, say, progress
+            )
+            tune_report = {"scope": "model", **model_report.to_json()}
+        elif tune is not None:
+            start = rounded or tune_stream.RoundedOnDemand(source, plan, dtype, method, debias)
+            rounded, floats, tune_report = tune_stream.tune_streamed(
+                source, plan, start, calibration, tune, say, progress, saved_tune, resume, method
             )
         manifest = {
             "jang_version": __version__,
             "method": method,
             "debias": debias,
             "calibration": str(calibration.text) if calibration.text else None,
-            "tune": tune_report.to_json() if tune_report else None,
+            "tune": tune_report,
             "source": {
                 "path": str(src),
                 "parameters": source.num_parameters,
@@ -152,6 +166,8 @@ def convert(
         )
         if spec.calibrated:  # the bundle is in place: the layers kept for --resume are done
             saved.remove()
+        if block_tune:
+            saved_tune.remove()
     total = sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))
     return ConversionReport(
         out=Path(out),
@@ -341,36 +357,46 @@ def _write(
 # weights") sit within about 100x of their tensor's typical row peak. In its group such a
 # value sets the scale so wide that every other weight of the group rounds to one code.
 MAX_OUTLIER = 1e4
+# float dtype -> (its bits' dtype in MLX and numpy, the magnitude mask, the first non-finite)
+_IEEE_BITS = {
+    "bfloat16": ("uint16", np.uint16, 0x7FFF, 0x7F80),
+    "float16": ("uint16", np.uint16, 0x7FFF, 0x7C00),
+    "float32": ("uint32", np.uint32, 0x7FFFFFFF, 0x7F800000),
+}
 
 
 def _check_finite(name: str, w, quantized: bool = False) -> None:
     """Refuse a NaN or Inf weight, naming the tensor and its first bad row: quantized it
     zeroes or poisons its group, and kept in float it silently breaks the model. A
     quantized weight also may not exceed MAX_OUTLIER x the median of its rows' peaks.
-    One pass over blocks of rows, so the float32 temporaries stay block-sized."""
+
+    One pass over the raw bits in blocks of rows (numpy integer reductions, ~10x MLX's
+    CPU float ones here): with the sign bit cleared, IEEE bit patterns order as their
+    magnitudes, so a row's largest pattern is its peak, and it is NaN or Inf exactly when
+    it reaches the all-ones exponent."""
     import mlx.core as mx
 
     if not mx.issubdtype(w.dtype, mx.floating) or w.ndim == 0:
         return
+    kind = str(w.dtype).removeprefix("mlx.core.")
+    if kind not in _IEEE_BITS:  # float64: checked in float32, whose range it may exceed
+        w, kind = w.astype(mx.float32), "float32"
+    view, int_type, magnitude, inf = _IEEE_BITS[kind]
+    view = getattr(mx, view)
     rows = w.reshape(-1, w.shape[-1])
     step = max(1, QUANT_BLOCK // rows.shape[-1])
-    finite, peaks = [], []
+    patterns = []
     for r0 in range(0, rows.shape[0], step):
-        block = rows[r0 : r0 + step]
-        parts = [mx.all(mx.isfinite(block), axis=-1)]
-        if quantized:
-            parts.append(mx.max(mx.abs(block.astype(mx.float32)), axis=-1))
-        mx.eval(*parts)
-        finite.append(np.array(parts[0]))
-        if quantized:
-            peaks.append(np.array(parts[1]))
-    finite = np.concatenate(finite)
+        bits = np.asarray(rows[r0 : r0 + step].view(view))
+        patterns.append(np.bitwise_and(bits, int_type(magnitude)).max(axis=-1))
+    patterns = np.concatenate(patterns)
+    finite = patterns < inf
+    peak = np.array(mx.array(patterns).view(w.dtype).astype(mx.float32))
     if not finite.all():
         where = f"row {int(np.argmin(finite))}" if w.ndim > 1 else "its values"
         raise ConversionError(f"{name}: {where} holds NaN or Inf; the source model is damaged")
     if not quantized:
         return
-    peak = np.concatenate(peaks)
     typical = float(np.median(peak))
     row = int(np.argmax(peak))
     if peak[row] > MAX_OUTLIER * typical:

@@ -4,7 +4,8 @@ Both finish all their rounding before the first tensor is written, and return
 {source module: (wq, scales, biases)} (plus, for tuning, the tuned float tensors) for the
 writer to take instead of rounding those tensors itself. GPTQ streams: one decoder layer
 in float memory at a time, each finished layer kept on disk (`jang.convert.checkpoint`),
-from where the writer reads it; tuning still holds the whole model.
+from where the writer reads it. Tuning is block-wise by default (`jang.convert.tune_stream`);
+`tuned` here is the end-to-end scope (``--tune-scope model``), which holds the whole model.
 """
 
 from __future__ import annotations
@@ -193,7 +194,10 @@ def gptq_streamed(
         batches=tokens.shape,
     )
     start = saved.begin(key, resume)
-    inputs = saved.inputs() if start else None
+    inputs = None
+    if start:
+        kept = saved.inputs()
+        inputs = [kept[str(i)] for i in range(len(kept))]
     n_layers = len(layers)
     if start:
         say(f"gptq: resuming at layer {start} of {n_layers} from {saved.dir}")
@@ -201,7 +205,9 @@ def gptq_streamed(
     bar = _layer_bar(mode, n_layers, start)
 
     def finish_layer(index: int, results: dict[str, Any], outputs) -> None:
-        saved.save_layer(index, results, outputs, last=index == n_layers - 1)
+        saved.save_layer(
+            index, results, {str(i): h for i, h in enumerate(outputs)}, last=index == n_layers - 1
+        )
 
     def progress(done: int, total: int) -> None:
         if bar is not None:
@@ -258,6 +264,22 @@ def rounded_all(
     return out
 
 
+def tuning_inputs(source: ModelSource, calibration: Calibration, options: TuneOptions):
+    """What both tuning scopes start from: the (windows, seq_len) int64 tokens, the source's
+    float tensors (made one at a time when asked for), and the causal LM that holds the
+    text (a VLM's text tower): its config and {source name: its name}."""
+    tokens = tuning_windows(
+        source_tokenizer(source),
+        source.config,
+        calibration.text,
+        options.samples,
+        calibration.seq_len,
+    ).astype(np.int64)
+    float_tensors, _ = torch_models.source_tensors_of(source)
+    lm_config, lm_name = torch_models.causal_lm_view(source.config, list(float_tensors))
+    return tokens, float_tensors, lm_config, lm_name
+
+
 def tuned(
     source: ModelSource,
     plan: dict[str, Any],
@@ -269,16 +291,7 @@ def tuned(
 ) -> tuple[dict[str, Any], dict[str, Any], tuning.TuneReport]:
     """`jang.quant.tune` of `quantized` against the float source, with a progress bar:
     (tuned {module: parts}, tuned float tensors by source name, report)."""
-    tokens = tuning_windows(
-        source_tokenizer(source),
-        source.config,
-        calibration.text,
-        options.samples,
-        calibration.seq_len,
-    )
-    float_tensors, _ = torch_models.source_tensors_of(source)
-    # the causal LM that holds the text (a VLM's text tower), and source name -> its name
-    lm_config, lm_name = torch_models.causal_lm_view(source.config, list(float_tensors))
+    tokens, float_tensors, lm_config, lm_name = tuning_inputs(source, calibration, options)
     source_name = {v: k for k, v in lm_name.items()}
     teacher = torch_models.load_tensors(
         torch_models.build_model(lm_config),

@@ -62,18 +62,28 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+TUNE_SCOPES = ("block", "model")
+
+
 @dataclass(frozen=True)
 class TuneOptions:
-    """How to tune: passes over the windows, how many windows, Adam's rate, and whether the
-    normalization gains train too."""
+    """How to tune: passes over the windows, how many windows, Adam's rate, whether the
+    normalization gains train too, and the scope: "block" (each decoder layer against the
+    float layer's outputs, one layer in memory: `jang.convert.tune_stream`) or "model"
+    (the next-token KL through the whole model, all of it in memory: `jang.quant.tune`)."""
 
     epochs: int = 2
     samples: int = 32
     lr: float = 1e-3
     norms: bool = False
+    scope: str = "block"
 
     def check(self) -> None:
         """Refuse settings that cannot train, before any work (rounding can take minutes)."""
+        if self.scope not in TUNE_SCOPES:
+            raise QuantizationError(
+                f"--tune-scope must be one of {', '.join(TUNE_SCOPES)}, got {self.scope!r}"
+            )
         if self.epochs < 1 or self.samples < 1 or not self.lr > 0:
             raise QuantizationError(
                 f"--tune needs positive epochs, samples and learning rate, got "

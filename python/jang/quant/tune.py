@@ -1,9 +1,12 @@
-"""End-to-end tuning of group scales and biases: distill the float model, codes frozen.
+"""Tuning of group scales and biases against the float model, codes frozen: block-wise
+(`tune_block`, the default: one decoder layer reproduces the float layer's outputs) or end
+to end (`tune_scales`: the next-token KL through the whole model).
 
 Rounding (rtn, clip, gptq) fixes every weight's code from that matrix alone. Tuning then
 moves each group's ``scale`` and ``bias`` (the codes and the layout stay as they are) to
 minimise KL(float model || quantized model) of the next-token distributions over
-calibration windows, by gradient descent through the whole model. The bundle keeps its
+calibration windows, by gradient descent through the whole model (or, block-wise, each
+layer's output error, layer by layer). The bundle keeps its
 exact size and format; only the scale and bias values change. At 3 bits and below, where
 per-matrix rounding leaves the model far from the float one, this is where most of the
 remaining error goes (bench/RESULTS.md).
@@ -15,8 +18,8 @@ and, for experiments, the codes themselves (straight-through rounding, then repa
 the rates measured so far the codes barely move (bench/RESULTS.md, "Tuning recipes").
 The forward and backward passes run in torch (float32, any device torch sees) on the
 Hugging Face model built from the source config: torch and transformers (the ``eval``
-extra) are needed here, never by the runtime. The float model and the quantized one are
-both held in memory, in float32.
+extra) are needed here, never by the runtime. End to end, the float model and the
+quantized one are both held in memory, in float32; block-wise, one layer.
 """
 
 from __future__ import annotations
@@ -133,6 +136,8 @@ def _attach(torch, model, quantized, bits_groups, train_codes: bool = False) -> 
 
     modules = dict(model.named_modules())
     owners = _owners(model)
+    # where a weight is only a shape (meta), its function goes where the model's data is
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), "cpu")
     affines = {}
     for name, (wq, s, b) in quantized.items():
         module = modules.get(name)
@@ -145,12 +150,66 @@ def _attach(torch, model, quantized, bits_groups, train_codes: bool = False) -> 
                 f"tuning: {name} has codes {codes.shape}, model weight {tuple(module.weight.shape)}"
             )
         affine = _affine_module(torch, codes, _float32(s), _float32(b), bits, train_codes)
-        affine.to(module.weight.device)
+        affine.to(device if module.weight.device.type == "meta" else module.weight.device)
         for holder, attr in owners[id(module.weight)]:
             setattr(holder, attr, torch.nn.Parameter(torch.empty(0), requires_grad=False))
             parametrize.register_parametrization(holder, attr, affine, unsafe=True)
         affines[name] = affine
     return affines
+
+
+class _Trainer:
+    """Adam over the affines' (a, c), optionally their codes and the norm gains, with the
+    learning rate decayed to zero over all `steps` on a cosine."""
+
+    def __init__(self, torch, affines, norms, lr, steps, train_codes=False, code_lr=0.0):
+        self.torch, self.steps, self.done = torch, steps, 0
+        self.groups = [{"params": [p for a in affines.values() for p in (a.a, a.c)], "lr": lr}]
+        if train_codes:
+            self.groups.append({"params": [a.u for a in affines.values()], "lr": code_lr})
+        if norms:
+            for p in norms.values():
+                p.requires_grad_(True)
+            self.groups.append({"params": list(norms.values()), "lr": lr})
+        for group in self.groups:
+            group["base_lr"] = group["lr"]
+        self.opt = torch.optim.Adam(self.groups)
+
+    @property
+    def trainable(self) -> int:
+        return sum(p.numel() for g in self.groups for p in g["params"])
+
+    def step(self, loss, what: str) -> float:
+        """One update on `loss`; returns its value. A non-finite loss stops tuning."""
+        if not self.torch.isfinite(loss):
+            raise QuantizationError(f"tuning {what} diverged at step {self.done} ({float(loss)})")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in self.opt.param_groups:
+            group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * self.done / self.steps))
+        self.opt.step()
+        self.done += 1
+        return float(loss.detach())
+
+
+def _results(torch, affines, quantized, bits_groups, train_codes: bool):
+    """({module: (wq, scales, biases)} as trained, number of codes that moved)."""
+    out, changed = {}, 0
+    with torch.no_grad():
+        for name, affine in affines.items():
+            s, b = affine.scales_biases()
+            wq = quantized[name][0]
+            if train_codes:
+                codes = affine.codes().to(torch.uint8)
+                changed += int((codes != affine.q).sum())
+                wq = mx.array(pack(codes.cpu().numpy(), bits_groups[name][0]))
+            out[name] = (wq, mx.array(s.cpu().numpy()), mx.array(b.cpu().numpy()))
+    return out, changed
+
+
+def _check_epochs(epochs: int) -> None:
+    if epochs < 1:
+        raise QuantizationError(f"tuning needs at least one epoch, got {epochs}")
 
 
 def tune_scales(
@@ -179,8 +238,7 @@ def tune_scales(
     kl)` is called after every step.
     """
     torch = _torch()
-    if epochs < 1:
-        raise QuantizationError(f"tuning needs at least one epoch, got {epochs}")
+    _check_epochs(epochs)
     tokens = np.asarray(tokens, dtype=np.int64)
     if tokens.ndim != 2 or tokens.shape[0] < 1:
         raise QuantizationError(f"tuning needs (n, seq_len) windows, got {tokens.shape}")
@@ -190,20 +248,10 @@ def tune_scales(
     teacher.eval()
     student.eval()
     affines = _attach(torch, student, quantized, bits_groups, train_codes)
-    groups = [{"params": [p for a in affines.values() for p in (a.a, a.c)], "lr": lr}]
-    if train_codes:
-        groups.append({"params": [a.u for a in affines.values()], "lr": code_lr})
     norms = _norm_gains(student) if train_norms else {}
-    if norms:
-        for p in norms.values():
-            p.requires_grad_(True)
-        groups.append({"params": list(norms.values()), "lr": lr})
-    for group in groups:
-        group["base_lr"] = group["lr"]
-    opt = torch.optim.Adam(groups)
-    device = next(teacher.parameters()).device
     steps = epochs * tokens.shape[0]
-    step = 0
+    trainer = _Trainer(torch, affines, norms, lr, steps, train_codes, code_lr)
+    device = next(teacher.parameters()).device
     epoch_kl = []
     for epoch in range(epochs):
         total = 0.0
@@ -212,32 +260,13 @@ def tune_scales(
             with torch.no_grad():
                 ref = teacher(input_ids=ids, use_cache=False).logits[0].float().log_softmax(-1)
             out = student(input_ids=ids, use_cache=False).logits[0].float().log_softmax(-1)
-            loss = (ref.exp() * (ref - out)).sum(-1).mean()
-            if not torch.isfinite(loss):
-                raise QuantizationError(f"tuning diverged at step {step} (KL {float(loss)})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for group in opt.param_groups:  # cosine decay to zero over all steps
-                group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
-            opt.step()
-            step += 1
-            kl = float(loss.detach())
+            kl = trainer.step((ref.exp() * (ref - out)).sum(-1).mean(), "(KL)")
             total += kl
             if progress is not None:
-                progress(step, steps, kl)
+                progress(trainer.done, steps, kl)
         epoch_kl.append(total / tokens.shape[0])
-    out = {}
-    changed = 0
-    with torch.no_grad():
-        for name, affine in affines.items():
-            s, b = affine.scales_biases()
-            wq = quantized[name][0]
-            if train_codes:
-                codes = affine.codes().to(torch.uint8)
-                changed += int((codes != affine.q).sum())
-                wq = mx.array(pack(codes.cpu().numpy(), bits_groups[name][0]))
-            out[name] = (wq, mx.array(s.cpu().numpy()), mx.array(b.cpu().numpy()))
-        floats = {name: p.detach().cpu().numpy().copy() for name, p in norms.items()}
+    out, changed = _results(torch, affines, quantized, bits_groups, train_codes)
+    floats = {name: p.detach().cpu().numpy().copy() for name, p in norms.items()}
     report = TuneReport(
         steps=steps,
         windows=int(tokens.shape[0]),
@@ -246,12 +275,86 @@ def tune_scales(
         lr=lr,
         kl_first_epoch=epoch_kl[0],
         kl_last_epoch=epoch_kl[-1],
-        trainable=sum(p.numel() for g in groups for p in g["params"]),
+        trainable=trainer.trainable,
         codes_changed=changed,
         norms=len(norms),
         seconds=time.perf_counter() - t0,
     )
     return out, floats, report
+
+
+@dataclass
+class BlockReport:
+    """One block's tuning: its output error relative to the float block's (mean squared
+    error over the target's mean square) in the first and the last epoch."""
+
+    error_first_epoch: float
+    error_last_epoch: float
+    trainable: int
+
+
+def tune_block(
+    block,
+    run: Callable[[Any, Any], Any],
+    quantized: dict[str, tuple[mx.array, mx.array, mx.array]],
+    bits_groups: dict[str, tuple[int, int]],
+    inputs,
+    targets,
+    *,
+    epochs: int = TuneOptions.epochs,
+    lr: float = TuneOptions.lr,
+    train_norms: bool = False,
+    seed: int = 0,
+    progress: Callable[[float], None] | None = None,
+) -> tuple[dict[str, tuple[mx.array, mx.array, mx.array]], dict[str, np.ndarray], BlockReport]:
+    """Tune one block's group scales and biases (codes frozen) so that the quantized block,
+    fed the quantized model's own activations `inputs` (n, seq, hidden), reproduces
+    `targets`, the float block's outputs on the float model's activations: the block-wise
+    objective of AutoRound / OmniQuant, which needs one block in memory, not the model.
+
+    `block` is a torch module holding float32 weights (its quantized ones are replaced
+    here by their group-affine functions, which stay attached: run the block again for
+    its tuned outputs, then `detach`); `run(block, x)` calls it on one window (1, seq,
+    hidden). `quantized` and `bits_groups` are keyed by module paths inside the block;
+    `train_norms` also tunes its normalization gains. Returns the tuned parts, the tuned
+    gains by their path in the block, and a report; `progress(error)` after every step.
+    """
+    torch = _torch()
+    _check_epochs(epochs)
+    for p in block.parameters():
+        p.requires_grad_(False)
+    affines = _attach(torch, block, quantized, bits_groups)
+    norms = _norm_gains(block) if train_norms else {}
+    n = int(inputs.shape[0])
+    trainer = _Trainer(torch, affines, norms, lr, epochs * n)
+    epoch_error = []
+    for epoch in range(epochs):
+        total = 0.0
+        for i in np.random.default_rng(seed + epoch).permutation(n):
+            target = targets[i : i + 1]
+            out = run(block, inputs[i : i + 1])
+            loss = (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-30)
+            error = trainer.step(loss, "a block (output error)")
+            total += error
+            if progress is not None:
+                progress(error)
+        epoch_error.append(total / n)
+    out, _ = _results(torch, affines, quantized, bits_groups, False)
+    floats = {name: p.detach().cpu().numpy().copy() for name, p in norms.items()}
+    for p in norms.values():
+        p.requires_grad_(False)
+    return out, floats, BlockReport(epoch_error[0], epoch_error[-1], trainer.trainable)
+
+
+def detach(model) -> None:
+    """Remove the group-affine functions `_attach` put on `model`'s modules, with the
+    buffers (codes, scales, biases) they hold."""
+    from torch.nn.utils import parametrize
+
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
 
 
 def _norm_gains(model) -> dict[str, Any]:
