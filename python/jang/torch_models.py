@@ -89,6 +89,8 @@ def put(module, tensors: Mapping[str, np.ndarray], device: str) -> None:
     import torch
 
     for name, arr in tensors.items():
+        if name.endswith("rotary_emb.inv_freq"):  # a buffer older checkpoints store
+            continue
         owner_path, _, leaf = name.rpartition(".")
         owner = module.get_submodule(owner_path) if owner_path else module
         old = owner._parameters.get(leaf)

@@ -132,8 +132,9 @@ def convert(
         elif tune is not None:
             start = rounded or tune_stream.RoundedOnDemand(source, plan, dtype, method, debias)
             rounded, floats, tune_report = tune_stream.tune_streamed(
-                source, plan, start, calibration, tune, say, progress, saved_tune, resume, method
-            )
+                source, plan, start, calibration, tune, say, progress, saved_tune, resume, method,
+                debias,
+            )  # fmt: skip
         manifest = {
             "jang_version": __version__,
             "method": method,

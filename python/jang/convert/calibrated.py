@@ -109,6 +109,9 @@ class StreamedResults(Mapping):
     def pop(self, name: str):
         return self[name]
 
+    def __contains__(self, name) -> bool:  # without reading it (Mapping's would)
+        return name in self._path_of
+
     def __iter__(self):
         return iter(self._path_of)
 

@@ -94,8 +94,16 @@ class Checkpoint:
                     f"--resume: {self.dir} was made by a different conversion (plan, "
                     "calibration or jang version); delete it to start over"
                 )
-            if not (self.dir / "inputs.safetensors").is_file():
+            inputs = self.dir / "inputs.safetensors"
+            if not inputs.is_file():
                 raise ConversionError(f"--resume: {self.dir} lacks inputs.safetensors")
+            _, metadata = mx.load(str(inputs), return_metadata=True)
+            if metadata.get("next_layer") != str(done):
+                raise ConversionError(
+                    f"--resume: {inputs} enters layer {metadata.get('next_layer')} but "
+                    f"state.json says {done} (interrupted between the two writes); delete "
+                    f"{self.dir} to start over"
+                )
             for layer in range(done):
                 if not self._layer_file(layer).is_file():
                     raise ConversionError(f"--resume: {self._layer_file(layer)} is missing")
@@ -151,8 +159,10 @@ class Checkpoint:
             self._layers[path] = layer
         now = time.monotonic()
         if last or now - self._last_save >= self.every:
-            _atomic_save(
-                self.dir / "inputs.safetensors", outputs() if callable(outputs) else outputs
+            _atomic_save(  # the layer they enter, checked on resume against state.json
+                self.dir / "inputs.safetensors",
+                outputs() if callable(outputs) else outputs,
+                {"next_layer": str(layer + 1)},
             )
             self._write_state(layer + 1)
             self._last_save = now

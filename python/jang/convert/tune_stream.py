@@ -10,8 +10,10 @@ codes (from GPTQ, or rtn/clip on demand) as group-affine functions whose scales 
 the quantized stream, reproduces those targets (`jang.quant.tune.tune_block`); the tuned
 layer then carries the quantized stream on. Memory: one layer in float32 plus three
 (windows x seq x hidden) float32 activations. Each finished layer goes to a checkpoint
-beside OUT (`jang.convert.checkpoint`), which `--resume` continues from. The output head
-keeps its rounding (it is not a decoder layer).
+beside OUT (`jang.convert.checkpoint`), which `--resume` continues from. Last, the output
+head's scales and biases (and the final norm) are trained on the next-token KL from the
+final hidden states; a tied head is the input embedding, whose tuned values the layers did
+not see (measured to pay anyway: bench/RESULTS.md, "Block-wise tuning").
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class RoundedOnDemand(Mapping):
         mx.eval(*parts)
         return parts
 
+    def __contains__(self, module) -> bool:  # without rounding it (Mapping's would)
+        return module in self._entries
+
     def __iter__(self):
         return iter(self._entries)
 
@@ -87,6 +92,9 @@ class TunedResults(Mapping):
 
     def pop(self, module: str) -> Parts:
         return self[module]
+
+    def __contains__(self, module) -> bool:  # without reading it (Mapping's would)
+        return module in self._head or module in self._rounded
 
     def __iter__(self):
         return iter(self._rounded)
@@ -248,6 +256,7 @@ def tune_streamed(
     saved: Checkpoint,
     resume: bool = False,
     method: str = "",
+    debias: bool | None = None,
 ) -> tuple[TunedResults, dict[str, np.ndarray], dict[str, Any]]:
     """Block-wise tuning of every decoder layer's planned matrices (module docstring):
     (parts by source module, tuned float tensors by source name, report)."""
@@ -275,6 +284,8 @@ def tune_streamed(
         kind="tune",
         plan=sorted((n, e["bits"], e["group_size"]) for n, e in planned.items()),
         method=method,
+        debias=debias,
+        source=str(getattr(source, "path", "")),
         options=repr(options),
         calibration=repr(calibration),
         tokens=hashlib.sha256(tokens.tobytes()).hexdigest(),
